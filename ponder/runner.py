@@ -1,0 +1,243 @@
+"""Run an agent over an env's tasks: episodes, checkpoints, memory, report.
+
+``run(cfg)`` writes ``runs/NAME/``::
+
+    config.yaml          the RunConfig (a resumed run reloads it)
+    episodes.jsonl       one line per finished episode (atomic, idempotent by episode id)
+    checkpoints.sqlite   LangGraph SqliteSaver: unfinished episodes continue from here
+    memory/              the Chroma memory (reflections), unless --memory points elsewhere
+    report.md, summary.json, success_by_trial.png
+
+Example:
+    >>> from ponder.config import RunConfig
+    >>> from ponder.runner import run
+    >>> import tempfile
+    >>> cfg = RunConfig(agent="retry", env="math", tasks=2, trials=2, policy="scripted",
+    ...                 script=("Answer: 3",), runs_dir=tempfile.mkdtemp())
+    >>> result = run(cfg, progress=False)
+    >>> len(result.episodes)
+    2
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ponder.agents import AGENTS, USES_MEMORY, AgentContext, ReflexionPrompts
+from ponder.config import RunConfig
+from ponder.environments import make, spec
+from ponder.environments.base import TextEnv
+from ponder.episodes import EpisodeLog
+from ponder.errors import ConfigError, UnknownName
+from ponder.models.factory import make_policy
+from ponder.models.types import Policy, SamplingParams
+from ponder.report import write_report
+
+__all__ = ["RunResult", "make_env_for", "run"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    episodes: list[dict[str, Any]]
+    summary: dict[str, Any]
+    report: Path
+    plot: Path | None
+
+
+def make_env_for(cfg: RunConfig) -> TextEnv:
+    """The env of ``cfg``; ``seed`` and ``num_tasks`` are passed when the env takes them."""
+    factory = spec(cfg.env).load()
+    kwargs = dict(cfg.env_kwargs)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "seed" in params:
+        kwargs.setdefault("seed", cfg.seed)
+    if "num_tasks" in params:
+        kwargs.setdefault("num_tasks", cfg.tasks)
+    return make(cfg.env, **kwargs)
+
+
+def _prepare_dir(cfg: RunConfig) -> RunConfig:
+    saved = cfg.run_dir / "config.yaml"
+    if saved.exists() and not cfg.resume:
+        raise ConfigError(
+            f"run directory {cfg.run_dir} already exists; pass --resume to continue it or --name for a new run"
+        )
+    if saved.exists():
+        old = RunConfig.from_yaml(saved)
+        # a resumed run keeps what defines it; only how it runs may change
+        return old.replace(resume=True, concurrency=cfg.concurrency, runs_dir=cfg.runs_dir)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = saved.with_suffix(".tmp")
+    cfg.save(tmp)
+    tmp.replace(saved)
+    return cfg
+
+
+def _open_memory(cfg: RunConfig) -> Any:
+    from ponder.memory import MemoryStore
+
+    return MemoryStore.open(cfg.memory_dir, embedder=cfg.embedder)
+
+
+def run(
+    cfg: RunConfig,
+    *,
+    policy: Policy | None = None,
+    progress: bool = True,
+    on_episode: Callable[[dict[str, Any]], None] | None = None,
+) -> RunResult:
+    """Run ``cfg``'s agent on its env's first ``cfg.tasks`` tasks and write the run directory.
+
+    Args:
+        cfg: the run configuration.
+        policy: use this policy instead of building one from ``cfg``.
+        progress: show a Rich progress bar.
+        on_episode: called with each finished episode record.
+    """
+    if cfg.agent not in AGENTS:
+        raise UnknownName.for_registry("agent", cfg.agent, AGENTS)
+    spec(cfg.env)  # fail on an unknown env before anything is written
+    cfg = _prepare_dir(cfg)
+    probe = make_env_for(cfg)
+    task_ids = probe.task_ids()[: cfg.tasks]
+    prompts = ReflexionPrompts(examples=tuple(getattr(probe, "fewshot", ())))
+    probe.close()
+    episodes = EpisodeLog(cfg.run_dir / "episodes.jsonl")
+    policy = policy or make_policy(
+        cfg.policy,
+        model=cfg.model,
+        base_url=cfg.base_url,
+        device=cfg.device,
+        dtype=cfg.dtype,
+        script=cfg.script,
+    )
+
+    with ExitStack() as stack:
+        memory = _open_memory(cfg) if cfg.agent in USES_MEMORY else None
+        if memory is not None:
+            stack.callback(memory.close)
+        conn = sqlite3.connect(cfg.run_dir / "checkpoints.sqlite", check_same_thread=False)
+        stack.callback(conn.close)
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        graph = AGENTS[cfg.agent](
+            policy,
+            memory=memory,
+            max_trials=cfg.trials,
+            prompts=prompts,
+            params=SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature),
+            checkpointer=SqliteSaver(conn),
+        )
+        todo = [t for t in task_ids if _episode_id(t, cfg.seed) not in episodes]
+
+        def one(task_id: str) -> None:
+            record = _run_episode(graph, cfg, task_id, policy)
+            if episodes.append(record) and on_episode:
+                on_episode(record)
+
+        _run_all(one, todo, cfg.concurrency, progress, done=len(task_ids) - len(todo), total=len(task_ids))
+
+    all_eps = [e for e in episodes.read() if e["task_id"] in set(task_ids)]
+    summary, report, plot = write_report(cfg.run_dir, all_eps, cfg.to_dict())
+    return RunResult(cfg.run_dir, all_eps, summary, report, plot)
+
+
+def _episode_id(task_id: str, seed: int) -> str:
+    return f"{task_id}#seed{seed}"
+
+
+def _run_episode(graph: Any, cfg: RunConfig, task_id: str, policy: Policy) -> dict[str, Any]:
+    episode_id = _episode_id(task_id, cfg.seed)
+    env = make_env_for(cfg)
+    try:
+        ctx = AgentContext(env=env, seed=cfg.seed, run_id=cfg.run_name, episode_id=episode_id)
+        config = {"configurable": {"thread_id": episode_id}, "recursion_limit": 8 + 4 * cfg.trials}
+        t0 = time.perf_counter()
+        snapshot = graph.get_state(config)
+        resumed = bool(snapshot.values)
+        if snapshot.next:  # interrupted mid-episode: continue from the checkpoint
+            final = graph.invoke(None, config, context=ctx)
+        elif snapshot.values:  # finished before the kill, not yet logged
+            final = snapshot.values
+        else:
+            final = graph.invoke({"task_id": task_id}, config, context=ctx)
+        seconds = time.perf_counter() - t0
+    finally:
+        env.close()
+    return _episode_record(final, cfg, task_id, episode_id, policy, seconds, resumed)
+
+
+def _episode_record(
+    final: dict[str, Any],
+    cfg: RunConfig,
+    task_id: str,
+    episode_id: str,
+    policy: Policy,
+    seconds: float,
+    resumed: bool,
+) -> dict[str, Any]:
+    trials = list(final.get("trials", []))
+    reflections = list(final.get("reflections", []))
+    for i, t in enumerate(trials):
+        t = dict(t)
+        t["reflection"] = reflections[i] if i < len(reflections) else None
+        trials[i] = t
+    first = next((t["trial"] for t in trials if t["success"]), None)
+    return {
+        "episode_id": episode_id,
+        "run": cfg.run_name,
+        "agent": cfg.agent,
+        "env": cfg.env,
+        "task_id": task_id,
+        "seed": cfg.seed,
+        "model": getattr(policy, "name", "policy"),
+        "success": bool(final.get("success")),
+        "first_success_trial": first,
+        "trials_used": len(trials),
+        "trials": trials,
+        "prompt_tokens": int(final.get("prompt_tokens", 0)),
+        "completion_tokens": int(final.get("completion_tokens", 0)),
+        "seconds": round(seconds, 3),
+        "resumed": resumed,
+    }
+
+
+def _run_all(
+    fn: Callable[[str], None], items: list[str], workers: int, progress: bool, *, done: int, total: int
+) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(
+        TextColumn("[bold]episodes"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not progress,
+        transient=False,
+    )
+    with bar, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="episode") as pool:
+        task = bar.add_task("episodes", total=total, completed=done)
+        futures = [pool.submit(fn, item) for item in items]
+        for f in futures:
+            f.add_done_callback(lambda _f: bar.advance(task))
+        finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        for f in finished:
+            if f.exception() is not None:
+                for g in futures:
+                    g.cancel()
+                raise f.exception()  # type: ignore[misc]
