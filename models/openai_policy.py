@@ -71,7 +71,7 @@ from typing import Any
 
 from ponder.errors import BackendError, ConfigError, DependencyNotInstalled, PonderError
 from ponder.models.fake import count_tokens
-from ponder.models.types import BasePolicy, Completion, Prompt, SamplingParams, check_prompts, apply_stop
+from ponder.models.types import BasePolicy, Completion, Prompt, SamplingParams, apply_stop, check_prompts
 
 try:
     import openai
