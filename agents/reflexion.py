@@ -75,7 +75,7 @@ def _build(
         raise ConfigError(f"max_trials must be >= 1, got {max_trials}")
     prompts = prompts or ReflexionPrompts()
     params = params or SamplingParams(max_tokens=128, temperature=0.7)
-    reflect_params = reflect_params or SamplingParams(max_tokens=96, temperature=params.temperature)
+    reflect_params = reflect_params or SamplingParams(max_tokens=64, temperature=params.temperature)
 
     def observe(state: EpisodeState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         env = runtime.context.env
@@ -87,7 +87,7 @@ def _build(
         obs, _ = env.reset(seed=runtime.context.seed, options={"task_id": task_id})
         notes: list[str] = []
         if memory is not None and reflect and memory_k > 0:
-            notes = _recall(memory, task_id, runtime.context.episode_id, memory_k)
+            notes = _recall(memory, task_id, runtime.context, memory_k)
         return {"observation": obs, "memory_notes": notes, "success": False}
 
     def act(state: EpisodeState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
@@ -171,10 +171,11 @@ def _build(
     return g.compile(checkpointer=checkpointer, name=name)
 
 
-def _recall(memory: Any, task_id: str, episode_id: str, k: int) -> list[str]:
-    """Reflections on the same task from earlier runs, newest first."""
+def _recall(memory: Any, task_id: str, ctx: AgentContext, k: int) -> list[str]:
+    """Reflections on the same task from other episodes (earlier runs), newest first."""
     records = memory.list(kind="reflection", where={"task_id": task_id}, limit=k + 8)
-    return [r.text for r in records if r.provenance.episode_id != episode_id][:k]
+    mine = (ctx.run_id, ctx.episode_id)
+    return [r.text for r in records if (r.provenance.run_id, r.provenance.episode_id) != mine][:k]
 
 
 def _remember(

@@ -66,6 +66,9 @@ class TextEnv(gym.Env[str, str]):
     #: True when one action ends the episode (the answer is graded at once).
     single_step: ClassVar[bool] = False
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
+    #: worked (observation, reply) pairs in the env's answer format, for few-shot prompts;
+    #: drawn apart from the tasks, never one of them.
+    fewshot: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, *, max_steps: int | None = None, render_mode: str | None = None):
         self.observation_space = AnyText()

@@ -46,6 +46,8 @@ class MathTask:
     level: int
     question: str
     answer: Fraction
+    #: a worked solution, for few-shot examples and for checking a PRM
+    solution: str = ""
 
 
 # --- generation -------------------------------------------------------------------
@@ -53,46 +55,65 @@ def _fmt(x: Fraction) -> str:
     return str(x.numerator) if x.denominator == 1 else f"{x.numerator}/{x.denominator}"
 
 
-def _level1(r: random.Random) -> tuple[str, Fraction]:
+Generated = tuple[str, int, str]  # question, answer, worked solution
+
+
+def _level1(r: random.Random) -> Generated:
     a, b = r.randint(1, 9), r.randint(1, 9)
-    return f"What is {a} + {b}?", Fraction(a + b)
+    return f"What is {a} + {b}?", a + b, f"{a} + {b} = {a + b}."
 
 
-def _level2(r: random.Random) -> tuple[str, Fraction]:
+def _level2(r: random.Random) -> Generated:
     a, b = r.randint(10, 99), r.randint(10, 99)
     if r.random() < 0.5:
-        return f"What is {a} + {b}?", Fraction(a + b)
+        return f"What is {a} + {b}?", a + b, f"{a} + {b} = {a + b}."
     a, b = max(a, b), min(a, b)
-    return f"What is {a} - {b}?", Fraction(a - b)
+    return f"What is {a} - {b}?", a - b, f"{a} - {b} = {a - b}."
 
 
-def _level3(r: random.Random) -> tuple[str, Fraction]:
+def _level3(r: random.Random) -> Generated:
     kind = r.choice(["mul", "mul", "addmul", "submul"])
     if kind == "mul":
         a, b = r.randint(2, 12), r.randint(2, 12)
-        return f"What is {a} * {b}?", Fraction(a * b)
+        return f"What is {a} * {b}?", a * b, f"{a} * {b} = {a * b}."
     a, b, c = r.randint(2, 20), r.randint(2, 9), r.randint(2, 9)
     if kind == "addmul":
-        return f"What is {a} + {b} * {c}?", Fraction(a + b * c)
-    return f"What is {b} * {c} - {a}?", Fraction(b * c - a)
+        return (
+            f"What is {a} + {b} * {c}?",
+            a + b * c,
+            f"{b} * {c} = {b * c}, then {a} + {b * c} = {a + b * c}.",
+        )
+    return f"What is {b} * {c} - {a}?", b * c - a, f"{b} * {c} = {b * c}, then {b * c} - {a} = {b * c - a}."
 
 
-def _level4(r: random.Random) -> tuple[str, Fraction]:
+def _level4(r: random.Random) -> Generated:
     a, b, c, d = (r.randint(2, 15) for _ in range(4))
     form = r.randrange(3)
     if form == 0:
-        return f"What is ({a} + {b}) * {c} - {d}?", Fraction((a + b) * c - d)
+        ans = (a + b) * c - d
+        return (
+            f"What is ({a} + {b}) * {c} - {d}?",
+            ans,
+            f"{a} + {b} = {a + b}, {a + b} * {c} = {(a + b) * c}, {(a + b) * c} - {d} = {ans}.",
+        )
     if form == 1:
-        return f"What is {a} * ({b} + {c}) + {d}?", Fraction(a * (b + c) + d)
+        ans = a * (b + c) + d
+        return (
+            f"What is {a} * ({b} + {c}) + {d}?",
+            ans,
+            f"{b} + {c} = {b + c}, {a} * {b + c} = {a * (b + c)}, {a * (b + c)} + {d} = {ans}.",
+        )
     q = r.randint(2, 9)
-    return f"What is ({a} + {b}) - ({c} * {d}) + {q * 2} / 2?", Fraction(a + b - c * d + q)
+    ans = a + b - c * d + q
+    work = f"{a} + {b} = {a + b}, {c} * {d} = {c * d}, {q * 2} / 2 = {q}, {a + b} - {c * d} + {q} = {ans}."
+    return f"What is ({a} + {b}) - ({c} * {d}) + {q * 2} / 2?", ans, work
 
 
 _NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana", "Ivo", "Jun"]
 _THINGS = ["apples", "marbles", "stickers", "pencils", "cookies", "stamps", "shells", "books"]
 
 
-def _level5(r: random.Random) -> tuple[str, Fraction]:
+def _level5(r: random.Random) -> Generated:
     name, other = r.sample(_NAMES, 2)
     thing = r.choice(_THINGS)
     form = r.randrange(3)
@@ -102,20 +123,25 @@ def _level5(r: random.Random) -> tuple[str, Fraction]:
             f"{name} has {a} {thing}. {name} gives {b} to {other} and then buys {c} more. "
             f"How many {thing} does {name} have now?"
         )
-        return q, Fraction(a - b + c)
+        return q, a - b + c, f"{a} - {b} = {a - b}, then {a - b} + {c} = {a - b + c}."
     if form == 1:
         boxes, per, extra = r.randint(2, 9), r.randint(3, 12), r.randint(1, 9)
         q = (
             f"{name} buys {boxes} boxes of {thing} with {per} {thing} in each box, "
             f"and finds {extra} more. How many {thing} does {name} have?"
         )
-        return q, Fraction(boxes * per + extra)
+        return (
+            q,
+            boxes * per + extra,
+            f"{boxes} * {per} = {boxes * per}, then {boxes * per} + {extra} = {boxes * per + extra}.",
+        )
     people, each, kept = r.randint(2, 6), r.randint(2, 9), r.randint(1, 9)
+    total = people * each + kept
     q = (
-        f"{name} has {people * each + kept} {thing}, keeps {kept} and shares the rest equally "
+        f"{name} has {total} {thing}, keeps {kept} and shares the rest equally "
         f"among {people} friends. How many {thing} does each friend get?"
     )
-    return q, Fraction(each)
+    return q, each, f"{total} - {kept} = {total - kept}, then {total - kept} / {people} = {each}."
 
 
 _GENERATORS = {1: _level1, 2: _level2, 3: _level3, 4: _level4, 5: _level5}
@@ -126,8 +152,8 @@ def generate_task(seed: int, level: int, index: int) -> MathTask:
     if level not in _GENERATORS:
         raise ConfigError(f"math level must be one of {LEVELS}, got {level!r}")
     r = random.Random(f"ponder-math/{seed}/{level}/{index}")
-    question, answer = _GENERATORS[level](r)
-    return MathTask(f"math/L{level}/{index}", level, question, answer)
+    question, answer, solution = _GENERATORS[level](r)
+    return MathTask(f"math/L{level}/{index}", level, question, Fraction(answer), solution)
 
 
 # --- verification -----------------------------------------------------------------
@@ -180,6 +206,11 @@ def feedback_for(reply: str, answer: Fraction) -> tuple[bool, str]:
     return False, f"The final answer {_fmt(got)} is wrong ({direction}). Recheck each operation step by step."
 
 
+def _worked_example(task: MathTask) -> tuple[str, str]:
+    """A (question, reply) pair that shows the answer format on a task outside the task list."""
+    return f"{task.question}\n{INSTRUCTION}", f"{task.solution}\nAnswer: {_fmt(task.answer)}"
+
+
 # --- the env ----------------------------------------------------------------------
 class MathEnv(TextEnv):
     """Single-step arithmetic tasks graded by an exact verifier.
@@ -204,6 +235,10 @@ class MathEnv(TextEnv):
         self.tasks = {
             t.task_id: t for lv in levels for t in (generate_task(seed, lv, i) for i in range(num_tasks))
         }
+        # examples come from another seed's task stream, so they are never test tasks
+        self.fewshot = tuple(
+            _worked_example(generate_task(-1 - seed, lv, i)) for lv in levels for i in range(2)
+        )
 
     def task_ids(self) -> list[str]:
         return list(self.tasks)

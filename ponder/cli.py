@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="reflexion vs retry on seeded math tasks, with the embedded model")
     d.add_argument("--tasks", type=int, default=12)
     d.add_argument("--trials", type=int, default=3)
-    d.add_argument("--level", type=int, default=1)
+    d.add_argument("--level", type=int, default=2)
     d.add_argument("--concurrency", type=int, default=1)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--policy", default="local", choices=["local", "openai"])
