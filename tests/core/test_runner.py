@@ -180,3 +180,8 @@ def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path):
         assert by_id[eid]["resumed"]
         assert [t["trial"] for t in by_id[eid]["trials"]] == [0, 1, 2]
     assert all(len(e["trials"]) == 3 for e in eps)
+    from ponder.memory import MemoryStore
+
+    with MemoryStore.open(tmp_path / "k" / "memory") as store:  # 2 reflections per episode, none twice
+        assert store.count() == 12
+        assert sorted(r.provenance.episode_id for r in store.list()) == sorted(ids * 2)
