@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from typing import Any, Literal
@@ -96,15 +97,7 @@ def _build(
             state["observation"], state.get("reflections", []), state.get("memory_notes", [])
         )
         seed = trial_seed(runtime.context.seed, state["task_id"], trial)
-        p = SamplingParams(
-            n=1,
-            max_tokens=params.max_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            stop=params.stop,
-            seed=seed,
-        )
-        c = policy.generate([prompt], p)[0][0]
+        c = policy.generate([prompt], dataclasses.replace(params, n=1, seed=seed))[0][0]
         return {
             "attempt": c.text,
             "attempt_tokens": (c.prompt_tokens, c.completion_tokens),
@@ -134,15 +127,7 @@ def _build(
         last = state["trials"][-1]
         prompt = prompts.reflect(state["observation"], last["action"], last["feedback"])
         seed = trial_seed(runtime.context.seed + 1, state["task_id"], last["trial"])
-        rp = SamplingParams(
-            n=1,
-            max_tokens=reflect_params.max_tokens,
-            temperature=reflect_params.temperature,
-            top_p=reflect_params.top_p,
-            stop=reflect_params.stop,
-            seed=seed,
-        )
-        c = policy.generate([prompt], rp)[0][0]
+        c = policy.generate([prompt], dataclasses.replace(reflect_params, n=1, seed=seed))[0][0]
         text = parse_reflection(c.text)
         if memory is not None:
             _remember(memory, text, state, last, runtime.context, policy, name)

@@ -99,11 +99,16 @@ def _config_from_args(a: argparse.Namespace) -> Any:
         "embedder": a.embedder,
         "script": tuple(a.script) if a.script else None,
     }
-    data.update({k: v for k, v in flags.items() if v is not None})
+    given = {k: v for k, v in flags.items() if v is not None}
     if a.env_arg:
-        data["env_kwargs"] = {**data.get("env_kwargs", {}), **dict(a.env_arg)}
+        given["env_kwargs"] = {**data.get("env_kwargs", {}), **dict(a.env_arg)}
     if a.resume:
-        data["resume"] = True
+        # resume what the run directory holds; flags given now must agree with it (the runner checks)
+        probe = RunConfig.from_dict({**data, **given})
+        if (probe.run_dir / "config.yaml").exists():
+            data = RunConfig.from_yaml(probe.run_dir / "config.yaml").to_dict()
+        given["resume"] = True
+    data.update(given)
     return RunConfig.from_dict(data)
 
 
@@ -252,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_run)
 
     d = sub.add_parser("demo", help="reflexion vs retry on seeded math tasks, with the embedded model")
-    d.add_argument("--tasks", type=int, default=12)
+    d.add_argument("--tasks", type=int, default=20)
     d.add_argument("--trials", type=int, default=3)
     d.add_argument("--level", type=int, default=2)
     d.add_argument("--concurrency", type=int, default=1)

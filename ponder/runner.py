@@ -71,6 +71,25 @@ def make_env_for(cfg: RunConfig) -> TextEnv:
     return make(cfg.env, **kwargs)
 
 
+#: what defines a run's results; a resumed run must keep these
+DEFINING = (
+    "agent",
+    "env",
+    "env_kwargs",
+    "tasks",
+    "trials",
+    "seed",
+    "policy",
+    "model",
+    "base_url",
+    "temperature",
+    "max_tokens",
+    "memory",
+    "embedder",
+    "script",
+)
+
+
 def _prepare_dir(cfg: RunConfig) -> RunConfig:
     saved = cfg.run_dir / "config.yaml"
     if saved.exists() and not cfg.resume:
@@ -79,7 +98,17 @@ def _prepare_dir(cfg: RunConfig) -> RunConfig:
         )
     if saved.exists():
         old = RunConfig.from_yaml(saved)
-        # a resumed run keeps what defines it; only how it runs may change
+        changed = [
+            f"{k}={getattr(cfg, k)!r} (was {getattr(old, k)!r})"
+            for k in DEFINING
+            if getattr(cfg, k) != getattr(old, k)
+        ]
+        if changed:
+            raise ConfigError(
+                f"cannot resume {cfg.run_dir} with other settings: {', '.join(changed)}; "
+                "drop those flags to resume it, or pass --name for a new run"
+            )
+        # only how it runs may change: concurrency, progress, where runs live
         return old.replace(resume=True, concurrency=cfg.concurrency, runs_dir=cfg.runs_dir)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     tmp = saved.with_suffix(".tmp")

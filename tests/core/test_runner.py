@@ -103,27 +103,11 @@ def test_compare_runs(tmp_path):
     assert "solved by a but not b" in report.read_text()
 
 
+SCRIPTED = ["--agent", "retry", "--tasks", "2", "--trials", "1", "--policy", "scripted", "--script"]
+
+
 def test_cli_run_and_errors(tmp_path, capsys):
-    rc = main(
-        [
-            "run",
-            "--agent",
-            "retry",
-            "--tasks",
-            "2",
-            "--trials",
-            "1",
-            "--policy",
-            "scripted",
-            "--script",
-            "Answer: 13",
-            "--runs-dir",
-            str(tmp_path),
-            "--name",
-            "c",
-            "--no-progress",
-        ]
-    )
+    rc = main(["run", *SCRIPTED, "Answer: 13", "--runs-dir", str(tmp_path), "--name", "c", "--no-progress"])
     assert rc == 0 and (tmp_path / "c" / "report.md").exists()
     assert (
         main(["run", "--agent", "nope", "--policy", "scripted", "--script", "x", "--runs-dir", str(tmp_path)])
@@ -185,3 +169,27 @@ def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path):
     with MemoryStore.open(tmp_path / "k" / "memory") as store:  # 2 reflections per episode, none twice
         assert store.count() == 12
         assert sorted(r.provenance.episode_id for r in store.list()) == sorted(ids * 2)
+
+
+def test_resume_refuses_other_settings_and_keeps_saved_ones(tmp_path, capsys):
+    args = ["run", *SCRIPTED, "Answer: 13", "--runs-dir", str(tmp_path), "--name", "r", "--no-progress"]
+    assert main(args) == 0
+    # only --name and --resume: the saved settings are used
+    assert main(["run", "--name", "r", "--resume", "--runs-dir", str(tmp_path), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["run", "--name", "r", "--resume", "--tasks", "5", "--runs-dir", str(tmp_path)]) == 2
+    assert "tasks=5 (was 2)" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="other settings"):
+        run(_cfg(tmp_path, name="r", resume=True, trials=4), progress=False)
+
+
+def test_cli_reads_a_yaml_config(tmp_path):
+    (tmp_path / "run.yaml").write_text(
+        "agent: retry\nenv: math\nenv_kwargs: {level: 3}\ntasks: 2\ntrials: 1\npolicy: scripted\n"
+        f"script: ['Answer: 1']\nruns_dir: {tmp_path}\nname: y\n"
+    )
+    assert main(["run", "--config", str(tmp_path / "run.yaml"), "--trials", "2", "--no-progress"]) == 0
+    eps = [json.loads(x) for x in (tmp_path / "y" / "episodes.jsonl").read_text().splitlines()]
+    assert {e["task_id"] for e in eps} == {"math/L3/0", "math/L3/1"} and all(
+        e["trials_used"] == 2 for e in eps
+    )
