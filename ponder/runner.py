@@ -5,7 +5,7 @@
     config.yaml          the RunConfig (a resumed run reloads it)
     episodes.jsonl       one line per finished episode (atomic, idempotent by episode id)
     checkpoints.sqlite   LangGraph SqliteSaver: unfinished episodes continue from here
-    memory/              the Chroma memory (reflections), unless --memory points elsewhere
+    memory/              the Chroma memory (an experience per episode, reflections), unless --memory points elsewhere
     report.md, summary.json, success_by_trial.png
 
 Example:
@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
 import sqlite3
@@ -157,16 +158,15 @@ def run(
     )
 
     with ExitStack() as stack:
-        memory = _open_memory(cfg) if cfg.agent in USES_MEMORY else None
-        if memory is not None:
-            stack.callback(memory.close)
+        memory = _open_memory(cfg)
+        stack.callback(memory.close)
         conn = sqlite3.connect(cfg.run_dir / "checkpoints.sqlite", check_same_thread=False)
         stack.callback(conn.close)
         from langgraph.checkpoint.sqlite import SqliteSaver
 
         graph = AGENTS[cfg.agent](
             policy,
-            memory=memory,
+            memory=memory if cfg.agent in USES_MEMORY else None,
             max_trials=cfg.trials,
             prompts=prompts,
             params=SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature),
@@ -176,6 +176,9 @@ def run(
 
         def one(task_id: str) -> None:
             record = _run_episode(graph, cfg, task_id, policy)
+            # memory first: a kill between the two re-runs the episode's last step and
+            # overwrites the same experience id, never duplicates it
+            memory.add(experience_from_episode(record))
             if episodes.append(record) and on_episode:
                 on_episode(record)
 
@@ -235,6 +238,7 @@ def _episode_record(
         "task_id": task_id,
         "seed": cfg.seed,
         "model": getattr(policy, "name", "policy"),
+        "observation": final.get("observation", ""),
         "success": bool(final.get("success")),
         "first_success_trial": first,
         "trials_used": len(trials),
@@ -244,6 +248,41 @@ def _episode_record(
         "seconds": round(seconds, 3),
         "resumed": resumed,
     }
+
+
+def experience_from_episode(episode: dict[str, Any]) -> Any:
+    """The episode as an ``Experience`` record (one per run and episode: stable id)."""
+    from ponder.memory import Experience, Provenance
+
+    steps = [
+        {
+            "action": t["action"],
+            "feedback": t["feedback"],
+            "success": t["success"],
+            **({"reflection": t["reflection"]} if t.get("reflection") else {}),
+        }
+        for t in episode["trials"]
+    ]
+    prov = Provenance(
+        run_id=episode["run"],
+        episode_id=episode["episode_id"],
+        env=episode["env"],
+        task_id=episode["task_id"],
+        agent=episode["agent"],
+        model=episode["model"],
+        source="env",
+        trusted=False,
+    )
+    rid = hashlib.blake2b(f"{episode['run']}/{episode['episode_id']}/experience".encode(), digest_size=12)
+    return Experience(
+        task=episode.get("observation") or episode["task_id"],
+        trajectory=steps,
+        outcome="success" if episode["success"] else "failure",
+        score=max((t["score"] for t in episode["trials"]), default=0.0),
+        tokens=episode["prompt_tokens"] + episode["completion_tokens"],
+        provenance=prov,
+        id=rid.hexdigest(),
+    )
 
 
 def _run_all(

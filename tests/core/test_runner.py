@@ -59,6 +59,16 @@ def test_run_writes_the_run_directory(tmp_path):
     s = result.summary
     assert len(s["success_by_trial"]) == 3 and s["success_by_trial"] == sorted(s["success_by_trial"])
     assert (d / "success_by_trial.png").read_bytes()[:4] == b"\x89PNG"
+    from ponder.memory import MemoryStore
+
+    with MemoryStore.open(d / "memory") as store:  # every episode is an experience, with its outcome
+        exps = {x.provenance.task_id: x for x in store.list(kind="experience")}
+        assert set(exps) == {e["task_id"] for e in eps}
+        for e in eps:
+            x = exps[e["task_id"]]
+            assert x.outcome == ("success" if e["success"] else "failure")
+            assert [t["action"] for t in x.trajectory] == [t["action"] for t in e["trials"]]
+            assert x.task.startswith("What is")
 
 
 def test_reflexion_run_stores_reflections_in_memory(tmp_path):
@@ -166,9 +176,9 @@ def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path):
     assert all(len(e["trials"]) == 3 for e in eps)
     from ponder.memory import MemoryStore
 
-    with MemoryStore.open(tmp_path / "k" / "memory") as store:  # 2 reflections per episode, none twice
-        assert store.count() == 12
-        assert sorted(r.provenance.episode_id for r in store.list()) == sorted(ids * 2)
+    with MemoryStore.open(tmp_path / "k" / "memory") as store:  # none twice: 2 reflections and 1 experience each
+        assert sorted(r.provenance.episode_id for r in store.list(kind="reflection")) == sorted(ids * 2)
+        assert sorted(r.provenance.episode_id for r in store.list(kind="experience")) == sorted(ids)
 
 
 def test_resume_refuses_other_settings_and_keeps_saved_ones(tmp_path, capsys):
