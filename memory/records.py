@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from abc import ABC, abstractmethod
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,10 +43,12 @@ __all__ = [
 Source = Literal["agent", "env", "user"]
 Outcome = Literal["success", "failure"]
 InsightStatus = Literal["active", "retired"]
+InsightForm = Literal["rule", "causal"]
 
 _SOURCES = ("agent", "env", "user")
 _OUTCOMES = ("success", "failure")
 _STATUSES = ("active", "retired")
+_FORMS = ("rule", "causal")
 _STEP_KEYS = ("action", "observation", "feedback")
 _STEP_CHARS = 160  # per field, in the embedded rendering of a trajectory
 _DOC_CHARS = 2000  # MiniLM reads 256 word pieces; more text only costs time
@@ -120,7 +123,7 @@ class Provenance:
 _PROVENANCE_KEYS = tuple(f.name for f in dataclasses.fields(Provenance))
 
 
-class _RecordMixin:
+class _RecordMixin(ABC):
     """Shared behaviour; each record is a dataclass ending with ``provenance`` and ``id``."""
 
     kind: ClassVar[str]
@@ -129,9 +132,9 @@ class _RecordMixin:
     provenance: Provenance
     id: str
 
+    @abstractmethod
     def document(self) -> str:
         """The text that is embedded and returned as the Chroma document."""
-        raise NotImplementedError
 
     def _own_fields(self) -> dict[str, Any]:
         skip = {"provenance", "id", self._doc_field}
@@ -255,28 +258,48 @@ class Experience(_RecordMixin):
 class Insight(_RecordMixin):
     """A task-general rule with votes (ExpeL's insights); retired rules stay for inspection.
 
+    Votes follow ExpeL: a new rule starts at 2 up-votes, UPVOTE and EDIT add one, DOWNVOTE
+    adds a down-vote, and a rule whose ``net`` (up minus down) falls to 0 is retired.
+
     Attributes:
         text: the rule, e.g. "Check the units before answering."
-        upvotes: times the rule was confirmed (a new rule starts at 1).
+        upvotes: times the rule was confirmed (a new rule starts at 2, as in ExpeL).
         downvotes: times it was contradicted.
         status: ``"active"`` or ``"retired"``.
+        form: ``"rule"`` (ExpeL) or ``"causal"`` (CLIN: "X is necessary for Y").
+        supports: episode ids whose outcome supported the rule.
+        contradicts: episode ids whose outcome contradicted it.
+        history: every change, oldest first: ``{"op", "at", "run_id", "episode_id", "text", ...}``.
     """
 
     kind: ClassVar[str] = "insight"
     _doc_field: ClassVar[str | None] = "text"
+    _json_fields: ClassVar[tuple[str, ...]] = ("supports", "contradicts", "history")
 
     text: str
-    upvotes: int = 1
+    upvotes: int = 2
     downvotes: int = 0
     status: InsightStatus = "active"
+    form: InsightForm = "rule"
+    supports: list[str] = field(default_factory=list)
+    contradicts: list[str] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
     provenance: Provenance = field(default_factory=Provenance)
     id: str = field(default_factory=_new_id)
 
     def __post_init__(self) -> None:
         self._check_common()
         _check(self.status, _STATUSES, "Insight.status")
+        _check(self.form, _FORMS, "Insight.form")
         if not self.text.strip():
             raise ConfigError("Insight.text is empty; an insight needs the rule text")
+        if not all(isinstance(h, dict) for h in self.history):
+            raise ConfigError("Insight.history must be a list of dicts (op, at, ...)")
+
+    @property
+    def net(self) -> int:
+        """Up-votes minus down-votes: the rule's rank; at 0 or below it retires."""
+        return self.upvotes - self.downvotes
 
     def document(self) -> str:
         return self.text

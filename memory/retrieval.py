@@ -20,11 +20,15 @@ __all__ = ["Hit", "build_where"]
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result: the record, its cosine distance to the query and ``similarity = 1 - distance``."""
+    """One search result: the record, its cosine distance to the query and ``similarity = 1 - distance``.
+
+    ``embedding`` is the record's vector when the search asked for it (MMR needs it).
+    """
 
     record: Record
     distance: float
     similarity: float
+    embedding: tuple[float, ...] | None = None
 
 
 def build_where(
