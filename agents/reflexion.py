@@ -29,11 +29,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
+from ponder.agents.memory_nodes import MemoryModes, parse_memory_modes
 from ponder.agents.prompts import ReflexionPrompts, parse_reflection
 from ponder.agents.state import AgentContext, EpisodeState, TrialRecord
 from ponder.errors import ConfigError
@@ -68,7 +70,8 @@ def _build(
     prompts: ReflexionPrompts | None = None,
     params: SamplingParams | None = None,
     reflect_params: SamplingParams | None = None,
-    memory_k: int = 2,
+    memory_modes: str | Sequence[str] = ("reflective",),
+    memory_k: int = 3,
     checkpointer: Any = None,
     name: str,
 ) -> Any:
@@ -77,6 +80,17 @@ def _build(
     prompts = prompts or ReflexionPrompts()
     params = params or SamplingParams(max_tokens=128, temperature=0.7)
     reflect_params = reflect_params or SamplingParams(max_tokens=64, temperature=params.temperature)
+    mem = None
+    if memory is not None:
+        mem = MemoryModes(
+            memory,
+            parse_memory_modes(memory_modes),
+            policy,
+            prompts,
+            agent=name,
+            k_reflections=memory_k,
+            learn_params=reflect_params,
+        )
 
     def observe(state: EpisodeState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         env = runtime.context.env
@@ -86,15 +100,17 @@ def _build(
             )
         task_id = state["task_id"]
         obs, _ = env.reset(seed=runtime.context.seed, options={"task_id": task_id})
-        notes: list[str] = []
-        if memory is not None and reflect and memory_k > 0:
-            notes = _recall(memory, task_id, runtime.context, memory_k)
-        return {"observation": obs, "memory_notes": notes, "success": False}
+        recalled = mem.recall(task_id, obs, runtime.context) if mem is not None else {}
+        return {"observation": obs, "success": False, **recalled}
 
     def act(state: EpisodeState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         trial = len(state.get("trials", []))
         prompt = prompts.actor(
-            state["observation"], state.get("reflections", []), state.get("memory_notes", [])
+            state["observation"],
+            state.get("reflections", []),
+            state.get("memory_notes", []),
+            exemplars=state.get("exemplars", []),
+            insights=state.get("insights", []),
         )
         seed = trial_seed(runtime.context.seed, state["task_id"], trial)
         c = policy.generate([prompt], dataclasses.replace(params, n=1, seed=seed))[0][0]
@@ -129,16 +145,23 @@ def _build(
         seed = trial_seed(runtime.context.seed + 1, state["task_id"], last["trial"])
         c = policy.generate([prompt], dataclasses.replace(reflect_params, n=1, seed=seed))[0][0]
         text = parse_reflection(c.text)
-        if memory is not None:
-            _remember(memory, text, state, last, runtime.context, policy, name)
+        if mem is not None:
+            mem.remember_reflection(text, state, last, runtime.context)
         return {
             "reflections": [text],
             "prompt_tokens": c.prompt_tokens,
             "completion_tokens": c.completion_tokens,
         }
 
+    def learn(state: EpisodeState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+        seed = trial_seed(runtime.context.seed + 2, state["task_id"], len(state.get("trials", [])))
+        return mem.learn(state, runtime.context, seed) if mem is not None else {}
+
+    learns = mem is not None and bool({"reflective", "concept"} & set(mem.modes)) and reflect
+
     def route(state: EpisodeState) -> str:
-        return route_after_evaluate(state, max_trials=max_trials, reflect=reflect)
+        nxt = route_after_evaluate(state, max_trials=max_trials, reflect=reflect)
+        return "learn" if nxt == "end" and learns else nxt
 
     g = StateGraph(EpisodeState, context_schema=AgentContext)
     g.add_node("observe", observe)
@@ -147,57 +170,17 @@ def _build(
     g.add_edge(START, "observe")
     g.add_edge("observe", "act")
     g.add_edge("act", "evaluate")
+    targets = {"end": END, "act": "act"}
     if reflect:
         g.add_node("reflect", reflect_node)
         g.add_edge("reflect", "act")
-        g.add_conditional_edges("evaluate", route, {"end": END, "reflect": "reflect", "act": "act"})
-    else:
-        g.add_conditional_edges("evaluate", route, {"end": END, "act": "act"})
+        targets["reflect"] = "reflect"
+    if learns:
+        g.add_node("learn", learn)
+        g.add_edge("learn", END)
+        targets["learn"] = "learn"
+    g.add_conditional_edges("evaluate", route, targets)
     return g.compile(checkpointer=checkpointer, name=name)
-
-
-def _recall(memory: Any, task_id: str, ctx: AgentContext, k: int) -> list[str]:
-    """Reflections on the same task from other episodes (earlier runs), newest first."""
-    records = memory.list(kind="reflection", where={"task_id": task_id}, limit=k + 8)
-    mine = (ctx.run_id, ctx.episode_id)
-    return [r.text for r in records if (r.provenance.run_id, r.provenance.episode_id) != mine][:k]
-
-
-def _remember(
-    memory: Any,
-    text: str,
-    state: EpisodeState,
-    last: TrialRecord,
-    ctx: AgentContext,
-    policy: Policy,
-    agent: str,
-) -> None:
-    from ponder.memory import Provenance, Reflection
-
-    prov = Provenance(
-        run_id=ctx.run_id,
-        episode_id=ctx.episode_id,
-        env=ctx.env.name,
-        task_id=state["task_id"],
-        agent=agent,
-        model=getattr(policy, "name", ""),
-        source="agent",
-        trusted=False,
-    )
-    # one id per (run, episode, trial): a node re-run after a resume overwrites instead of duplicating
-    rid = hashlib.blake2b(
-        f"{ctx.run_id}/{ctx.episode_id}/{last['trial']}".encode(), digest_size=12
-    ).hexdigest()
-    memory.add(
-        Reflection(
-            text=text,
-            failed_attempt=last["action"],
-            feedback=last["feedback"],
-            trial=last["trial"],
-            provenance=prov,
-            id=rid,
-        )
-    )
 
 
 def build_reflexion(policy: Policy, *, memory: Any = None, max_trials: int = 3, **kw: Any) -> Any:

@@ -40,6 +40,13 @@ class EpisodeState(TypedDict, total=False):
     observation: str
     #: retrieved from memory (earlier runs): quoted to the model as data, never as instructions
     memory_notes: list[str]
+    #: [task, answer] pairs of similar solved episodes, shown as worked examples
+    exemplars: list[list[str]]
+    #: active insights shown to the actor (text and ids, in rank order)
+    insights: list[str]
+    shown_insights: list[str]
+    #: the insight operations the episode's learning step applied
+    insight_ops: list[str]
     #: the current attempt, before it is evaluated
     attempt: str
     attempt_tokens: tuple[int, int]

@@ -70,6 +70,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", help="where run directories go (default runs)")
     p.add_argument("--memory", help="a memory directory shared across runs (default RUN_DIR/memory)")
     p.add_argument("--embedder", choices=["minilm", "hashing"])
+    p.add_argument(
+        "--memory-modes", help="experiential,reflective,concept (any of them, or none); default reflective"
+    )
     p.add_argument("--script", action="append", help="a reply of the scripted policy (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run directory NAME")
     p.add_argument("--no-progress", action="store_true")
@@ -97,6 +100,7 @@ def _config_from_args(a: argparse.Namespace) -> Any:
         "runs_dir": a.runs_dir,
         "memory": a.memory,
         "embedder": a.embedder,
+        "memory_modes": a.memory_modes,
         "script": tuple(a.script) if a.script else None,
     }
     given = {k: v for k, v in flags.items() if v is not None}

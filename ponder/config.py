@@ -50,6 +50,8 @@ class RunConfig:
         runs_dir: where run directories go.
         memory: a shared memory directory; default ``runs_dir/name/memory``.
         embedder: ``minilm`` (real, offline) or ``hashing`` (fast, for tests).
+        memory_modes: learning modes of agents that use memory: any of ``experiential``,
+            ``reflective``, ``concept`` (empty: the agent reads no memory).
         resume: continue an existing run directory.
         script: replies of the ``scripted`` policy.
     """
@@ -72,6 +74,7 @@ class RunConfig:
     runs_dir: str = "runs"
     memory: str | None = None
     embedder: str = "minilm"
+    memory_modes: tuple[str, ...] = ("reflective",)
     resume: bool = False
     script: tuple[str, ...] = ()
 
@@ -90,6 +93,9 @@ class RunConfig:
         if not isinstance(self.env_kwargs, dict):
             raise ConfigError("env_kwargs must be a mapping, e.g. {level: 2}")
         object.__setattr__(self, "script", tuple(self.script))
+        from ponder.agents.memory_nodes import parse_memory_modes
+
+        object.__setattr__(self, "memory_modes", parse_memory_modes(self.memory_modes))
 
     @property
     def run_name(self) -> str:
@@ -109,6 +115,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["script"] = list(self.script)
+        d["memory_modes"] = list(self.memory_modes)
         return d
 
     @classmethod

@@ -87,6 +87,7 @@ DEFINING = (
     "max_tokens",
     "memory",
     "embedder",
+    "memory_modes",
     "script",
 )
 
@@ -167,6 +168,7 @@ def run(
         graph = AGENTS[cfg.agent](
             policy,
             memory=memory if cfg.agent in USES_MEMORY else None,
+            memory_modes=cfg.memory_modes,
             max_trials=cfg.trials,
             prompts=prompts,
             params=SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature),

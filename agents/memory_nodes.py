@@ -1,0 +1,282 @@
+"""Learning from memory, as LangGraph nodes any single-step agent can use.
+
+Three modes (``--memory-modes experiential,reflective,concept``), after the survey's
+memory-based reinforcement:
+
+- **experiential** (ExpeL, Synapse): similar *successful* past episodes become few-shot
+  turns; a similar *failed* one is shown as a contrast, quoted as data.
+- **reflective** (Reflexion's memory, across tasks): reflections on the same task first,
+  then on similar tasks; a failed episode is reflected on at its end so later tasks can
+  use it even with one trial.
+- **concept** (ExpeL insights, CLIN): after an episode, it is compared with a similar past
+  episode of the opposite outcome, and the model edits the insight set with ADD / EDIT /
+  UPVOTE / DOWNVOTE; the active insights, ranked, go into the actor's prompt.
+
+Everything recalled is agent-written text, so it reaches the model quoted as data under a
+header that says so. Exemplar turns are the exception: an env-verified successful answer
+to an env-written task, shown as a worked example (ExpeL's design).
+
+Example:
+    >>> from ponder.agents.memory_nodes import parse_memory_modes
+    >>> parse_memory_modes("experiential, concept")
+    ('experiential', 'concept')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ponder.agents.prompts import ReflexionPrompts, parse_reflection
+from ponder.agents.state import AgentContext, EpisodeState
+from ponder.errors import ConfigError
+from ponder.models.fake import count_tokens
+from ponder.models.types import Policy, SamplingParams
+
+__all__ = ["MEMORY_MODES", "MemoryModes", "parse_memory_modes"]
+
+log = logging.getLogger(__name__)
+
+MEMORY_MODES = ("experiential", "reflective", "concept")
+
+
+def parse_memory_modes(spec: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"experiential,reflective"`` or a list -> a validated tuple; ``"none"``/``""``/None -> ()."""
+    if spec is None:
+        return ()
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    modes = tuple(
+        dict.fromkeys(m.strip().lower() for m in items if m.strip() and m.strip().lower() != "none")
+    )
+    bad = [m for m in modes if m not in MEMORY_MODES]
+    if bad:
+        raise ConfigError(f"unknown memory mode {bad[0]!r}; use any of: {', '.join(MEMORY_MODES)} (or none)")
+    return modes
+
+
+def _budget(texts: list[str], budget: int) -> list[str]:
+    out, used = [], 0
+    for t in texts:
+        n = count_tokens(t)
+        if used + n > budget and out:
+            break
+        out.append(t)
+        used += n
+    return out
+
+
+@dataclass
+class MemoryModes:
+    """The learning modes one agent uses over one memory store.
+
+    Attributes:
+        store: a ``ponder.memory.MemoryStore``.
+        modes: a subset of ``MEMORY_MODES``.
+        policy: writes end-of-episode reflections and insight operations.
+        prompts: the agent's prompts (the reflection template is reused).
+        agent: the agent's name, for provenance.
+        k_exemplars: successful episodes shown as worked examples.
+        k_contrasts: failed similar episodes shown as contrasts.
+        k_reflections: reflections recalled.
+        k_insights: active insights shown.
+        token_budget: tokens at most for the recalled notes (exemplars excluded).
+        learn_params: sampling for reflections and insight operations.
+    """
+
+    store: Any
+    modes: tuple[str, ...]
+    policy: Policy
+    prompts: ReflexionPrompts
+    agent: str = "agent"
+    k_exemplars: int = 2
+    k_contrasts: int = 1
+    k_reflections: int = 3
+    k_insights: int = 5
+    token_budget: int = 400
+    learn_params: SamplingParams = dataclasses.field(
+        default_factory=lambda: SamplingParams(max_tokens=96, temperature=0.7)
+    )
+
+    def __post_init__(self) -> None:
+        self.modes = parse_memory_modes(self.modes)
+
+    # --- recall -------------------------------------------------------------------
+    def recall(self, task_id: str, observation: str, ctx: AgentContext) -> dict[str, Any]:
+        """State updates for the actor: notes, exemplar turns, insights."""
+        out: dict[str, Any] = {"memory_notes": [], "exemplars": [], "insights": [], "shown_insights": []}
+        notes: list[str] = []
+        if "experiential" in self.modes:
+            out["exemplars"], contrasts = self._experiences(observation, ctx)
+            notes += contrasts
+        if "reflective" in self.modes:
+            notes += self._reflections(task_id, observation, ctx)
+        if "concept" in self.modes:
+            shown = self._book().active(self.k_insights)
+            out["insights"] = [i.text for i in shown]
+            out["shown_insights"] = [i.id for i in shown]
+        out["memory_notes"] = _budget(notes, self.token_budget)
+        return out
+
+    def _others(self, records: list[Any], ctx: AgentContext) -> list[Any]:
+        mine = (ctx.run_id, ctx.episode_id)
+        return [r for r in records if (r.provenance.run_id, r.provenance.episode_id) != mine]
+
+    def _experiences(self, observation: str, ctx: AgentContext) -> tuple[list[list[str]], list[str]]:
+        exemplars: list[list[str]] = []
+        if self.k_exemplars:
+            hits = self.store.search(
+                observation, kind="experience", k=self.k_exemplars + 2, where={"outcome": "success"}
+            )
+            for h in hits:
+                rec = h.record
+                if not self._others([rec], ctx):
+                    continue
+                good = next((s["action"] for s in rec.trajectory if s.get("success")), None)
+                if good:
+                    exemplars.append([rec.task, good])
+            exemplars = exemplars[: self.k_exemplars]
+        contrasts: list[str] = []
+        if self.k_contrasts:
+            hits = self.store.search(
+                observation, kind="experience", k=self.k_contrasts + 2, where={"outcome": "failure"}
+            )
+            for h in [h for h in hits if self._others([h.record], ctx)][: self.k_contrasts]:
+                last = h.record.trajectory[-1] if h.record.trajectory else {}
+                contrasts.append(
+                    f"A similar task that was answered wrongly: {h.record.task.splitlines()[0]} "
+                    f"Wrong answer: {str(last.get('action', ''))[:200]} Feedback: {last.get('feedback', '')}"
+                )
+        return exemplars, contrasts
+
+    def _reflections(self, task_id: str, observation: str, ctx: AgentContext) -> list[str]:
+        same = self._others(
+            self.store.list(kind="reflection", where={"task_id": task_id}, limit=self.k_reflections + 8), ctx
+        )
+        texts = [r.text for r in same]
+        if len(texts) < self.k_reflections:
+            hits = self.store.search(observation, kind="reflection", k=self.k_reflections + 4)
+            texts += [
+                h.record.text
+                for h in hits
+                if h.record.provenance.task_id != task_id and self._others([h.record], ctx)
+            ]
+        return list(dict.fromkeys(texts))[: self.k_reflections]
+
+    # --- learn --------------------------------------------------------------------
+    def remember_reflection(
+        self, text: str, state: EpisodeState, trial: dict[str, Any], ctx: AgentContext
+    ) -> None:
+        """Store a reflection; one id per (run, episode, trial), so a resumed node overwrites."""
+        from ponder.memory import Reflection
+
+        rid = hashlib.blake2b(f"{ctx.run_id}/{ctx.episode_id}/{trial['trial']}".encode(), digest_size=12)
+        self.store.add(
+            Reflection(
+                text=text,
+                failed_attempt=trial["action"],
+                feedback=trial["feedback"],
+                trial=trial["trial"],
+                provenance=self._prov(state, ctx),
+                id=rid.hexdigest(),
+            )
+        )
+
+    def learn(self, state: EpisodeState, ctx: AgentContext, seed: int) -> dict[str, Any]:
+        """End-of-episode learning: reflect on a final failure, edit the insight set."""
+        update: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0}
+        trials = state.get("trials", [])
+        if (
+            "reflective" in self.modes
+            and not state.get("success")
+            and len(state.get("reflections", [])) < len(trials)
+        ):
+            last = trials[-1]
+            prompt = self.prompts.reflect(state["observation"], last["action"], last["feedback"])
+            c = self.policy.generate([prompt], dataclasses.replace(self.learn_params, n=1, seed=seed))[0][0]
+            text = parse_reflection(c.text)
+            self.remember_reflection(text, state, last, ctx)
+            update["reflections"] = [text]
+            update["prompt_tokens"] += c.prompt_tokens
+            update["completion_tokens"] += c.completion_tokens
+        if "concept" in self.modes and trials:
+            p_tok, c_tok, ops = self._extract_insights(state, ctx, seed)
+            update["prompt_tokens"] += p_tok
+            update["completion_tokens"] += c_tok
+            update["insight_ops"] = ops
+        return update
+
+    def _extract_insights(
+        self, state: EpisodeState, ctx: AgentContext, seed: int
+    ) -> tuple[int, int, list[str]]:
+        from ponder.memory.insights import comparison_prompt, parse_operations
+
+        success = bool(state.get("success"))
+        want = "failure" if success else "success"
+        hits = self.store.search(state["observation"], kind="experience", k=3, where={"outcome": want})
+        hits = [h for h in hits if self._others([h.record], ctx)]
+        if not hits:
+            return 0, 0, []
+        other = hits[0].record
+        mine = _episode_as_experience(state, ctx, self.agent)
+        successes, failures = ([mine], [other]) if success else ([other], [mine])
+        book = self._book()
+        shown = book.active(self.k_insights)
+        prompt = comparison_prompt(successes, failures, shown)
+        c = self.policy.generate([prompt], dataclasses.replace(self.learn_params, n=1, seed=seed + 7))[0][0]
+        ops = parse_operations(c.text)
+        report = book.apply(
+            ops,
+            shown=shown,
+            provenance=self._prov(state, ctx),
+            episode_ids=[ctx.episode_id, other.provenance.episode_id],
+        )
+        log.info("insight operations for %s: %s", ctx.episode_id, report)
+        return (
+            c.prompt_tokens,
+            c.completion_tokens,
+            [f"{o.op} {o.target or ''} {o.text}".strip() for o in ops],
+        )
+
+    def _book(self) -> Any:
+        from ponder.memory.insights import InsightBook
+
+        return InsightBook(self.store)
+
+    def _prov(self, state: EpisodeState, ctx: AgentContext) -> Any:
+        from ponder.memory import Provenance
+
+        return Provenance(
+            run_id=ctx.run_id,
+            episode_id=ctx.episode_id,
+            env=ctx.env.name,
+            task_id=state["task_id"],
+            agent=self.agent,
+            model=getattr(self.policy, "name", ""),
+            source="agent",
+            trusted=False,
+        )
+
+
+def _episode_as_experience(state: EpisodeState, ctx: AgentContext, agent: str) -> Any:
+    """The running episode as an (unsaved) Experience, for comparison prompts."""
+    from ponder.memory import Experience, Provenance
+
+    steps = [
+        {"action": t["action"], "feedback": t["feedback"], "success": t["success"]} for t in state["trials"]
+    ]
+    return Experience(
+        task=state["observation"],
+        trajectory=steps,
+        outcome="success" if state.get("success") else "failure",
+        provenance=Provenance(
+            run_id=ctx.run_id,
+            episode_id=ctx.episode_id,
+            env=ctx.env.name,
+            task_id=state["task_id"],
+            agent=agent,
+        ),
+    )
