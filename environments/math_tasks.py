@@ -232,8 +232,9 @@ class MathEnv(TextEnv):
         if num_tasks < 1:
             raise ConfigError(f"math num_tasks must be >= 1, got {num_tasks}")
         self.seed = seed
+        # levels interleave (L1/0, L2/0, ..., L1/1, ...): the first N tasks mix every level
         self.tasks = {
-            t.task_id: t for lv in levels for t in (generate_task(seed, lv, i) for i in range(num_tasks))
+            t.task_id: t for i in range(num_tasks) for t in (generate_task(seed, lv, i) for lv in levels)
         }
         # examples come from another seed's task stream, so they are never test tasks
         self.fewshot = tuple(
