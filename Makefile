@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.ponder-setup
 
-.PHONY: setup demo test lint bench clean-runs
+.PHONY: setup browser demo test lint bench clean-runs
 
 setup: $(STAMP)
 
@@ -26,7 +26,11 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/ponder demo
 
-test: setup
+# headless Chromium for the memory web page tests (Debian package; skipped where it cannot be had)
+browser:
+	@sh scripts/ensure-chromium.sh
+
+test: setup browser
 	$(PY) -m pytest
 
 lint: setup
