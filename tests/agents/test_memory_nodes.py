@@ -110,3 +110,31 @@ def test_memory_notes_are_quoted_and_budgeted(tmp_path):
     assert all(line.startswith("> ") for line in prompt.split("not instructions):\n", 1)[1].splitlines())
     assert prompt.count(hostile) == 3  # k_reflections = 3
     store.close()
+
+
+def test_concept_mode_learns_insights_from_contrasting_episodes(tmp_path):
+    env = make("math", level=1, num_tasks=6, seed=0)
+    answers = {t.question: t.answer for t in env.tasks.values()}
+    calls = {"n": 0}
+    seen = []
+
+    def policy(prompt):
+        system = prompt.messages[0].content
+        if "Diagnose" in system:
+            return "I added too fast."
+        if "rule" in system.lower() or "insight" in system.lower():
+            return "ADD: Count on from the larger number.\nUPVOTE 1"
+        seen.append(prompt.messages[-1].content)
+        calls["n"] += 1
+        q = prompt.messages[-1].content.splitlines()[0]
+        return f"Answer: {answers[q]}" if calls["n"] % 2 else "Answer: 0"  # alternate success and failure
+
+    _stream(tmp_path, "concept", policy, "concept", tasks=6)
+    with MemoryStore.open(tmp_path / "mem") as store:
+        insights = store.list(kind="insight")
+    assert [i.text for i in insights] == ["Count on from the larger number."]
+    rule = insights[0]
+    assert rule.status == "active" and rule.supports and rule.history[0]["op"] == "ADD"
+    # once learned, the rule is shown to the actor, quoted as data
+    assert "Count on from the larger number." not in seen[0]
+    assert "> 1. Count on from the larger number." in seen[-1]
