@@ -34,6 +34,7 @@ from typing import Any
 from ponder.agents.prompts import ReflexionPrompts, parse_reflection
 from ponder.agents.state import AgentContext, EpisodeState
 from ponder.errors import ConfigError
+from ponder.memory.retrieval import retrieve
 from ponder.models.fake import count_tokens
 from ponder.models.types import Policy, SamplingParams
 
@@ -158,7 +159,10 @@ class MemoryModes:
         )
         texts = [r.text for r in same]
         if len(texts) < self.k_reflections:
-            hits = self.store.search(observation, kind="reflection", k=self.k_reflections + 4)
+            # similar tasks' reflections, diversified (MMR) so one failure mode does not fill the prompt
+            hits = retrieve(
+                self.store, observation, kind="reflection", k=self.k_reflections + 4, mmr_lambda=0.3
+            )
             texts += [
                 h.record.text
                 for h in hits

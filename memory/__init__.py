@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ponder.memory.insights import InsightBook, Operation, comparison_prompt, parse_operations
 from ponder.memory.records import (
     KINDS,
     Experience,
@@ -34,7 +35,7 @@ from ponder.memory.records import (
     record_from_chroma,
     record_from_dict,
 )
-from ponder.memory.retrieval import Hit, build_where
+from ponder.memory.retrieval import Hit, build_where, mmr, quote, render_for_prompt, retrieve
 
 if TYPE_CHECKING:
     from ponder.memory.embeddings import HashingEmbeddingFunction, MiniLMEmbeddingFunction, make_embedder
@@ -46,15 +47,23 @@ __all__ = [
     "HashingEmbeddingFunction",
     "Hit",
     "Insight",
+    "InsightBook",
     "MemoryStore",
     "MiniLMEmbeddingFunction",
+    "Operation",
     "Provenance",
     "Record",
     "Reflection",
     "build_where",
+    "comparison_prompt",
     "make_embedder",
+    "mmr",
+    "parse_operations",
+    "quote",
     "record_from_chroma",
     "record_from_dict",
+    "render_for_prompt",
+    "retrieve",
 ]
 
 # chromadb and sentence-transformers are the optional ``memory`` extra: load them on first use only.
