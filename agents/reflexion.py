@@ -101,7 +101,8 @@ def _build(
         task_id = state["task_id"]
         obs, _ = env.reset(seed=runtime.context.seed, options={"task_id": task_id})
         recalled = mem.recall(task_id, obs, runtime.context) if mem is not None else {}
-        return {"observation": obs, "success": False, **recalled}
+        examples = [list(pair) for pair in env.examples_for(task_id)]
+        return {"observation": obs, "success": False, "examples": examples, **recalled}
 
     def act(state: EpisodeState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         trial = len(state.get("trials", []))
@@ -109,7 +110,7 @@ def _build(
             state["observation"],
             state.get("reflections", []),
             state.get("memory_notes", []),
-            exemplars=state.get("exemplars", []),
+            exemplars=[*state.get("examples", []), *state.get("exemplars", [])],
             insights=state.get("insights", []),
         )
         seed = trial_seed(runtime.context.seed, state["task_id"], trial)

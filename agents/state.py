@@ -40,6 +40,8 @@ class EpisodeState(TypedDict, total=False):
     observation: str
     #: retrieved from memory (earlier runs): quoted to the model as data, never as instructions
     memory_notes: list[str]
+    #: [task, answer] worked examples the env provides for this task
+    examples: list[list[str]]
     #: [task, answer] pairs of similar solved episodes, shown as worked examples
     exemplars: list[list[str]]
     #: active insights shown to the actor (text and ids, in rank order)

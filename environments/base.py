@@ -134,6 +134,10 @@ class TextEnv(gym.Env[str, str]):
     def render(self) -> str | None:
         return self._last_obs if self.render_mode == "ansi" else None
 
+    def examples_for(self, task_id: str) -> tuple[tuple[str, str], ...]:
+        """Worked (observation, reply) pairs suited to ``task_id``; by default ``fewshot``."""
+        return self.fewshot
+
     # --- helpers -----------------------------------------------------------------
     def _id_set(self) -> set[str]:
         cached = getattr(self, "_ids_cache", None)

@@ -237,12 +237,17 @@ class MathEnv(TextEnv):
             t.task_id: t for i in range(num_tasks) for t in (generate_task(seed, lv, i) for lv in levels)
         }
         # examples come from another seed's task stream, so they are never test tasks
-        self.fewshot = tuple(
-            _worked_example(generate_task(-1 - seed, lv, i)) for lv in levels for i in range(2)
-        )
+        self._examples = {
+            lv: tuple(_worked_example(generate_task(-1 - seed, lv, i)) for i in range(2)) for lv in levels
+        }
+        self.fewshot = tuple(ex for lv in levels for ex in self._examples[lv][: 2 if len(levels) == 1 else 1])
 
     def task_ids(self) -> list[str]:
         return list(self.tasks)
+
+    def examples_for(self, task_id: str) -> tuple[tuple[str, str], ...]:
+        """Two worked examples of the task's own level (a mixed set misleads small models)."""
+        return self._examples[self.tasks[task_id].level]
 
     def _reset_task(self, task_id: str) -> tuple[str, dict[str, Any]]:
         task = self.tasks[task_id]

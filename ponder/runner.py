@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ponder.agents import AGENTS, USES_MEMORY, AgentContext, ReflexionPrompts
+from ponder.agents import AGENTS, USES_MEMORY, AgentContext
 from ponder.config import RunConfig
 from ponder.environments import make, spec
 from ponder.environments.base import TextEnv
@@ -146,7 +146,6 @@ def run(
     cfg = _prepare_dir(cfg)
     probe = make_env_for(cfg)
     task_ids = probe.task_ids()[: cfg.tasks]
-    prompts = ReflexionPrompts(examples=tuple(getattr(probe, "fewshot", ())))
     probe.close()
     episodes = EpisodeLog(cfg.run_dir / "episodes.jsonl")
     policy = policy or make_policy(
@@ -170,7 +169,6 @@ def run(
             memory=memory if cfg.agent in USES_MEMORY else None,
             memory_modes=cfg.memory_modes,
             max_trials=cfg.trials,
-            prompts=prompts,
             params=SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature),
             checkpointer=SqliteSaver(conn),
         )
