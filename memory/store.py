@@ -1,11 +1,20 @@
 """``MemoryStore``: typed records in one Chroma collection (cosine space), embedded by a registered EF.
 
-One store is one collection in an embedded ``chromadb.PersistentClient`` directory. The store embeds
-documents and queries itself with its embedding function (so Chroma never falls back to its own
-default, which downloads a model), and the function's ``{"name", "config"}`` is persisted with the
-collection: ``MemoryStore.open(path)`` in a new process rebuilds it without being told.
+A store is one collection, either in an embedded ``chromadb.PersistentClient`` directory
+(``MemoryStore.open(dir)``: per run, ``runs/NAME/memory``, or a shared directory) or on a Chroma
+server (``MemoryStore.connect("http://127.0.0.1:8000")``, ``chroma run --path DIR``). The store embeds
+documents and queries itself (so Chroma never falls back to its own default EF, which downloads a
+model), and the EF's ``{"name", "config"}`` is persisted with the collection: a new process reopens
+the store without being told the embedder.
 
-One writer per directory: Chroma's embedded client is not made for several writing processes.
+Processes: a directory has one writer at a time (``mode="w"``, the default, holds the writer lock
+of ``ponder.memory.lock`` for the store's lifetime) and any number of readers (``mode="r"``: no
+writer lock, writes refused). A reader sees every committed record: ``get``/``list``/``count`` read
+SQLite directly, while ``search`` uses Chroma's in-memory HNSW index, which a ``PersistentClient``
+loads once and never reloads (measured with Chroma 1.5.9); so before a search a reader re-creates its
+client when a ponder writer has committed since (the stamp in ``.ponder-io.lock``; the count where
+no stamp was written yet). After writes by other tools, call ``refresh()``.
+A server store needs none of this: the server serialises its clients.
 
 Example:
     >>> import tempfile
@@ -20,69 +29,50 @@ Example:
 from __future__ import annotations
 
 import builtins
-import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ponder.errors import BackendError, ConfigError, DependencyNotInstalled
-from ponder.memory.embeddings import (
-    HashingEmbeddingFunction,
-    embedder_dim,
-    embedder_label,
-    label_from_config,
-    make_embedder,
+from ponder.errors import ConfigError, DependencyNotInstalled
+from ponder.memory.backend import (
+    HttpConnector,
+    PersistentConnector,
+    check_ids,
+    check_mode,
+    open_store,
+    resolve_embedder,
 )
-from ponder.memory.records import (
-    KINDS,
-    Experience,
-    Insight,
-    Record,
-    Reflection,
-    record_from_chroma,
-)
+from ponder.memory.embeddings import embedder_label
+from ponder.memory.io import clean_record, read_jsonl, write_jsonl
+from ponder.memory.lock import IoLock, WriterLock
+from ponder.memory.records import Experience, Insight, Record, Reflection, record_from_chroma
 from ponder.memory.retrieval import Hit, build_where
-from ponder.models.fake import HashingEmbedder
+from ponder.memory.session import Session
+from ponder.memory.stats import summarize
 
 try:
-    import chromadb
-    from chromadb.config import Settings
-    from chromadb.errors import ChromaError, NotFoundError
+    from chromadb.errors import ChromaError
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise DependencyNotInstalled.for_extra("chromadb", "memory") from e
 
-__all__ = ["MemoryStore"]
+__all__ = ["MemoryStore", "open_store"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-_SPACE = "cosine"
 _RECORD_TYPES = (Reflection, Experience, Insight)
 _INCLUDE = ["documents", "metadatas"]
-
-
-@contextmanager
-def _chroma_errors(what: str) -> Iterator[None]:
-    try:
-        yield
-    except ChromaError as e:
-        raise BackendError(
-            f"Chroma failed to {what}: {e}; check the memory directory is intact and not in use"
-        ) from e
+_EMBED_CHARS = 4000  # MiniLM reads 256 word pieces; the stored document is never clipped
 
 
 class MemoryStore:
-    """Typed memory over one Chroma collection; build it with ``MemoryStore.open``."""
+    """Typed memory over one Chroma collection; build it with ``open``, ``connect`` or ``open_store``."""
 
-    def __init__(self, client: Any, collection: Any, embedder: Any, *, path: Path | None = None):
-        self._client = client
-        self._collection = collection
-        self._ef = embedder
-        self.path = path
-        self._closed = False
+    def __init__(self, session: Session, *, path: Path | None = None, url: str | None = None):
+        self._session = session
+        self._ef = session.connector.ef
+        self.path, self.url, self.mode = path, url, session.mode
 
     # ---------------------------------------------------------------- opening
     @classmethod
@@ -92,40 +82,73 @@ class MemoryStore:
         *,
         embedder: str | Any | None = None,
         collection: str = "ponder",
+        mode: str = "w",
+        lock_timeout: float = 30.0,
     ) -> MemoryStore:
-        """Open (or create) the store in directory ``path``.
+        """Open (or, in mode ``"w"``, create) the store in directory ``path``.
 
         Args:
-            path: the Chroma directory; created if missing.
+            path: the Chroma directory; created if missing (mode ``"w"``).
             embedder: ``"minilm"``, ``"hashing"``, or a Chroma ``EmbeddingFunction``. ``None`` (default)
                 reuses the one the collection was created with, and ``"minilm"`` for a new collection.
             collection: the Chroma collection name (3-512 chars of ``[a-zA-Z0-9._-]``).
+            mode: ``"w"`` takes the directory's writer lock for the store's lifetime; ``"r"`` takes
+                none, refuses writes, and needs an existing store.
+            lock_timeout: seconds to wait for another process's writer lock.
 
         Raises:
-            ConfigError: the directory was created with a different embedder (or dimension), or the
-                path is not a directory.
+            ConfigError: another process writes the directory (after ``lock_timeout``), the directory
+                was created with another embedder, the path is a file, or (mode ``"r"``) no store is there.
 
         Example:
             >>> import tempfile
             >>> MemoryStore.open(tempfile.mkdtemp(), embedder="hashing").stats()["total"]
             0
         """
+        check_mode(mode)
         root = Path(path).expanduser().resolve()
         if root.exists() and not root.is_dir():
             raise ConfigError(f"memory path {root} is a file; pass a directory")
+        if mode == "r" and not (root / "chroma.sqlite3").is_file():
+            raise ConfigError(f"no memory at {root}; pass a store directory such as runs/NAME/memory")
         root.mkdir(parents=True, exist_ok=True)
-        wanted = _resolve_embedder(embedder)
-        settings = Settings(anonymized_telemetry=False, allow_reset=False)
+        wanted = resolve_embedder(embedder)
+        writer = WriterLock.acquire(root, lock_timeout) if mode == "w" else None
+        io = IoLock(root)
         try:
-            client = chromadb.PersistentClient(path=str(root), settings=settings)
-        except ValueError as e:  # another client in this process opened the path with other settings
-            raise ConfigError(f"cannot open Chroma at {root}: {e}; close the other client first") from e
-        try:
-            col, ef = _open_collection(client, collection, wanted, root)
+            connector = PersistentConnector(root, collection, wanted, mode, io)
+            return cls(Session(connector, mode=mode, where=str(root), writer=writer, io=io), path=root)
         except BaseException:
-            client.close()
+            io.close()
+            if writer:
+                writer.release()
             raise
-        return cls(client, col, ef, path=root)
+
+    @classmethod
+    def connect(
+        cls, url: str, *, embedder: str | Any | None = None, collection: str = "ponder", mode: str = "w"
+    ) -> MemoryStore:
+        """Use the collection on a Chroma server, e.g. one started with ``chroma run --path DIR --port 8000``.
+
+        Args:
+            url: ``http://HOST:PORT`` or ``https://HOST[:PORT]`` (port default 8000, 443 for https).
+            embedder: as for ``open``.
+            collection: the collection name.
+            mode: ``"w"`` (default) or ``"r"`` (writes refused; the collection must exist). The server
+                serialises its clients, so no lock is taken.
+
+        Raises:
+            BackendError: the server cannot be reached.
+            ConfigError: the URL is malformed, or the collection does not fit (as for ``open``).
+
+        Example:
+            >>> MemoryStore.connect("http://127.0.0.1:1")  # doctest: +IGNORE_EXCEPTION_DETAIL
+            Traceback (most recent call last):
+            ponder.errors.BackendError: cannot reach the Chroma server at http://127.0.0.1:1 ...
+        """
+        check_mode(mode)
+        connector = HttpConnector(url, collection, resolve_embedder(embedder), mode)
+        return cls(Session(connector, mode=mode, where=url), url=url)
 
     # ---------------------------------------------------------------- writing
     def add(self, record: Record) -> str:
@@ -135,44 +158,102 @@ class MemoryStore:
     def add_many(self, records: Iterable[Record]) -> builtins.list[str]:
         """Store records in batches of the client's max batch size; return their ids in order.
 
-        Writing the same id twice keeps the last version (upsert), so retries are idempotent.
+        Writing the same id twice keeps the last version (upsert), so retries are idempotent. Text
+        that is not valid UTF-8 is stored with the bad bytes replaced (``ponder.memory.io``); only
+        the first ``4000`` characters of a document are embedded, the whole of it is stored.
+
+        Example:
+            >>> import tempfile
+            >>> from ponder.memory import Reflection
+            >>> with MemoryStore.open(tempfile.mkdtemp(), embedder="hashing") as s:
+            ...     s.add_many([Reflection("a", id="x"), Reflection("b", id="x")])
+            ['x', 'x']
         """
+        self._writable("add records")
         records = builtins.list(records)
         for r in records:
             if not isinstance(r, _RECORD_TYPES):
                 raise ConfigError(
                     f"MemoryStore stores Reflection, Experience or Insight records, not {type(r).__name__}"
                 )
-        unique = builtins.list({r.id: r for r in records}.values())  # last write of an id wins
-        size = max(1, self._client.get_max_batch_size())
-        col = self._col
+        unique = builtins.list({r.id: clean_record(r) for r in records}.values())  # last write wins
+        size = self._session.batch_size()
         for start in range(0, len(unique), size):
             batch = unique[start : start + size]
             docs = [r.document() for r in batch]
-            with _chroma_errors("add records"):
-                col.upsert(
+            vectors = self._ef([d[:_EMBED_CHARS] for d in docs])  # embed outside the lock
+            with self._session.call("add records"):
+                self._session.col.upsert(
                     ids=[r.id for r in batch],
-                    embeddings=self._ef(docs),
+                    embeddings=vectors,
                     documents=docs,
                     metadatas=[r.to_metadata() for r in batch],
                 )
+                self._session.committed()
         return [r.id for r in records]
 
     def delete(self, ids: str | Iterable[str]) -> None:
         """Delete records by id; unknown ids are ignored."""
-        id_list = [ids] if isinstance(ids, str) else builtins.list(ids)
-        size = max(1, self._client.get_max_batch_size())
-        for start in range(0, len(id_list), size):  # never call delete(ids=[]): no ids, no call
-            with _chroma_errors("delete records"):
-                self._col.delete(ids=id_list[start : start + size])
+        self._writable("delete records")
+        self._session.delete(check_ids([ids] if isinstance(ids, str) else ids))
+
+    def delete_where(self, where: Mapping[str, Any] | None = None, kind: str | None = None) -> int:
+        """Delete the records matching ``where`` and ``kind`` (at least one); return how many.
+
+        Example:
+            >>> import tempfile
+            >>> from ponder.memory import Provenance, Reflection
+            >>> with MemoryStore.open(tempfile.mkdtemp(), embedder="hashing") as s:
+            ...     _ = s.add(Reflection("a", provenance=Provenance(run_id="r1")))
+            ...     s.delete_where({"run_id": "r1"}), s.count()
+            (1, 0)
+        """
+        self._writable("delete records")
+        filt = build_where(where, kind)
+        if filt is None:
+            raise ConfigError(
+                "delete_where needs a filter (where= or kind=); use clear() to delete everything"
+            )
+        with self._session.call("delete records"):
+            ids = self._session.fetch(filt, [])[0]
+            self._session.delete(ids)
+        return len(ids)
+
+    def clear(self) -> int:
+        """Delete every record (the collection and its embedder stay); return how many."""
+        self._writable("clear the memory")
+        with self._session.call("clear the memory"):
+            ids = self._session.fetch(None, [])[0]
+            self._session.delete(ids)
+        return len(ids)
+
+    def import_jsonl(self, path: str | os.PathLike[str]) -> int:
+        """Add every record of a file written by ``export`` (ids, provenance, times kept); return the count.
+
+        The whole file is validated before anything is stored. Records whose id is already in the
+        store are overwritten. Vectors are recomputed with this store's embedder.
+        """
+        self._writable("import records")
+        records = read_jsonl(path)
+        self.add_many(records)
+        return len(records)
 
     # ---------------------------------------------------------------- reading
     def get(self, id: str) -> Record | None:
         """The record with this id, or ``None``."""
-        with _chroma_errors("get a record"):
-            res = self._col.get(ids=[id], include=_INCLUDE)
-        records = _records(res)
-        return records[0] if records else None
+        found = self.get_many([id])
+        return found[0] if found else None
+
+    def get_many(self, ids: Iterable[str]) -> builtins.list[Record]:
+        """The records with these ids, in the order asked (unknown ids left out, repeats once)."""
+        wanted = builtins.list(dict.fromkeys(check_ids(ids)))
+        found: dict[str, Record] = {}
+        size = self._session.batch_size()
+        with self._session.call("get records"):
+            for start in range(0, len(wanted), size):
+                res = self._session.col.get(ids=wanted[start : start + size], include=_INCLUDE)
+                found.update((r.id, r) for r in _records(res))
+        return [found[i] for i in wanted if i in found]
 
     def list(
         self,
@@ -180,12 +261,16 @@ class MemoryStore:
         where: Mapping[str, Any] | None = None,
         limit: int | None = None,
     ) -> builtins.list[Record]:
-        """Records matching ``kind`` and ``where`` (see ``build_where``), newest first by ``created_at``."""
+        """Records matching ``kind`` and ``where`` (see ``build_where``), newest first by ``created_at``.
+
+        ``where`` names metadata keys, e.g. ``{"env": "math", "task_id": "math/L1/3", "outcome":
+        "success", "run_id": "demo"}``.
+        """
         if limit is not None and limit < 0:
             raise ConfigError(f"limit must be >= 0, got {limit}")
-        with _chroma_errors("list records"):
-            res = self._col.get(where=build_where(where, kind), include=_INCLUDE)
-        records = sorted(_records(res), key=lambda r: (r.provenance.created_at, r.id), reverse=True)
+        with self._session.call("list records"):
+            records = _records(self._session.fetch(build_where(where, kind), _INCLUDE))
+        records.sort(key=lambda r: (r.provenance.created_at, r.id), reverse=True)
         return records if limit is None else records[:limit]
 
     def search(
@@ -195,60 +280,100 @@ class MemoryStore:
         kind: str | Iterable[str] | None = None,
         k: int = 5,
         where: Mapping[str, Any] | None = None,
+        with_embeddings: bool = False,
     ) -> builtins.list[Hit]:
-        """The ``k`` records nearest to ``query`` (cosine), nearest first, filtered by ``kind`` and ``where``."""
+        """The ``k`` records nearest to ``query`` (cosine), nearest first, filtered by ``kind`` and ``where``.
+
+        Args:
+            query: the text to look for (not empty; only its first 4000 characters are embedded).
+            kind: record kind(s).
+            k: how many hits at most.
+            where: metadata filters, see ``build_where``.
+            with_embeddings: fill each ``Hit.embedding`` with the record's vector (for MMR).
+
+        Raises:
+            ConfigError: the query is empty or ``k < 1``.
+        """
+        if isinstance(query, bytes):
+            query = query.decode("utf-8", "replace")
+        if not isinstance(query, str) or not query.strip():
+            raise ConfigError("search needs a query text, got an empty one; pass the words to look for")
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
         filt = build_where(where, kind)
-        col = self._col
-        if col.count() == 0:
-            return []
-        vec = self._ef.embed_query([query]) if hasattr(self._ef, "embed_query") else self._ef([query])
-        with _chroma_errors("search"):
-            res = col.query(query_embeddings=vec, n_results=k, where=filt, include=[*_INCLUDE, "distances"])
-        ids, docs, metas, dists = res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0]
+        query = query.encode("utf-16", "surrogatepass").decode("utf-16", "replace")[:_EMBED_CHARS]
+        embed = getattr(self._ef, "embed_query", None)
+        vec = embed([query]) if callable(embed) else self._ef([query])
+        include = [*_INCLUDE, "distances", *(["embeddings"] if with_embeddings else [])]
+        session = self._session
+        with session.call("search"):
+            fresh = session.refresh_if_stale()
+            try:
+                res = session.col.query(query_embeddings=vec, n_results=k, where=filt, include=include)
+            except ChromaError:
+                if self.mode != "r" or session.io is None or fresh:
+                    raise
+                session.reopen()  # a reader's cached index can predate the writer's files: load it anew
+                res = session.col.query(query_embeddings=vec, n_results=k, where=filt, include=include)
+        vecs = res["embeddings"][0] if with_embeddings else [None] * len(res["ids"][0])
+        rows = zip(
+            res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0], vecs, strict=True
+        )
         return [
-            Hit(record_from_chroma(i, d, m), float(dist), 1.0 - float(dist))
-            for i, d, m, dist in zip(ids, docs, metas, dists, strict=True)
+            Hit(
+                record_from_chroma(i, d, m),
+                float(x),
+                1.0 - float(x),
+                None if v is None else tuple(map(float, v)),
+            )
+            for i, d, m, x, v in rows
         ]
 
     def count(self) -> int:
         """How many records the store holds."""
-        with _chroma_errors("count records"):
-            return int(self._col.count())
+        with self._session.call("count records"):
+            return int(self._session.col.count())
 
     def stats(self) -> dict[str, Any]:
-        """``{"total", "by_kind": {kind: n}, "path", "collection", "embedder", "dim"}``."""
-        col = self._col
-        by_kind = {}
-        with _chroma_errors("count records"):
-            for kind in KINDS:
-                by_kind[kind] = len(col.get(where={"kind": kind}, include=[])["ids"])
+        """Counts and settings, e.g. for ``ponder memory stats``.
+
+        Returns:
+            ``{"total", "by_kind", "by_env", "by_outcome" (experiences), "insights": {"active",
+            "retired", "top": [{"id", "text", "net", "upvotes", "downvotes"}, ...]}, "path", "url",
+            "collection", "mode", "embedder", "dim"}``; ``by_env`` counts records without an env under ``""``.
+        """
+        with self._session.call("count records"):
+            metas = self._session.fetch(None, ["metadatas"])[2]
+            insights = _records(self._session.fetch({"kind": "insight"}, _INCLUDE))
+            col = self._session.col
         return {
-            "total": self.count(),
-            "by_kind": by_kind,
+            **summarize(metas, insights),  # type: ignore[arg-type]
             "path": str(self.path) if self.path else None,
+            "url": self.url,
             "collection": col.name,
+            "mode": self.mode,
             "embedder": embedder_label(self._ef),
-            "dim": col.metadata.get("ponder_dim") if col.metadata else None,
+            "dim": (col.metadata or {}).get("ponder_dim"),
         }
 
     def export(self, path: str | os.PathLike[str]) -> int:
         """Write every record as one JSON line (``record.to_dict()``), oldest first; return the count.
 
-        The file is written to a temporary name and moved into place, so a crash leaves no half file.
+        The file is written to a temporary name and moved into place, so a crash leaves no half
+        file; ``import_jsonl`` reads it back exactly.
         """
-        records = self.list()[::-1]
-        out = Path(path).expanduser()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
-        os.replace(tmp, out)
-        return len(records)
+        return write_jsonl(self.list()[::-1], path)
 
     # ---------------------------------------------------------------- lifecycle
+    def refresh(self) -> None:
+        """Re-create the Chroma client so a reader's search sees what other processes committed.
+
+        ``search`` does this by itself in mode ``"r"`` when the writer has committed since; call it
+        when another tool wrote the directory.
+        """
+        with self._session.call("reopen the memory"):
+            self._session.reopen()
+
     @property
     def embedder(self) -> Any:
         """The embedding function the store uses (rebuilt from the collection's config when reopened)."""
@@ -256,22 +381,16 @@ class MemoryStore:
 
     @property
     def collection(self) -> Any:
-        """The raw Chroma collection, for what the store does not wrap."""
-        return self._col
+        """The raw Chroma collection, for what the store does not wrap (no lock is taken for you)."""
+        return self._session.col
 
     @property
-    def _col(self) -> Any:
-        if self._closed:
-            raise BackendError(
-                f"the memory store at {self.path} is closed; open it again with MemoryStore.open"
-            )
-        return self._collection
+    def _client(self) -> Any:
+        return self._session.client
 
     def close(self) -> None:
-        """Release the Chroma client (idempotent)."""
-        if not self._closed:
-            self._closed = True
-            self._client.close()
+        """Release the Chroma client and the locks (idempotent)."""
+        self._session.close()
 
     def __enter__(self) -> MemoryStore:
         return self
@@ -280,79 +399,17 @@ class MemoryStore:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{self._collection.name!r}"
-        return f"MemoryStore({str(self.path)!r}, {state}, embedder={embedder_label(self._ef)})"
+        state = "closed" if self._session.closed else repr(self._session.collection.name)
+        return f"MemoryStore({self._session.where!r}, {state}, mode={self.mode!r}, embedder={embedder_label(self._ef)})"
 
-
-def _resolve_embedder(embedder: Any) -> Any:
-    if embedder is None or isinstance(embedder, str):
-        return None if embedder is None else make_embedder(embedder)
-    if isinstance(embedder, HashingEmbedder):
-        return HashingEmbeddingFunction(dim=embedder.dim)
-    if not all(callable(getattr(embedder, m, None)) for m in ("name", "get_config", "build_from_config")):
-        raise ConfigError(
-            f"embedder must be 'minilm', 'hashing' or a Chroma EmbeddingFunction with name/get_config/build_from_config, "
-            f"not {type(embedder).__name__}"
-        )
-    return embedder
-
-
-def _records(res: Mapping[str, Any]) -> builtins.list[Record]:
-    return [
-        record_from_chroma(i, d, m)
-        for i, d, m in zip(res["ids"], res["documents"], res["metadatas"], strict=True)
-    ]
-
-
-def _open_collection(client: Any, name: str, wanted: Any, root: Path) -> tuple[Any, Any]:
-    """Get or create the collection; return it with the embedding function to use."""
-    try:
-        col = client.get_collection(name, embedding_function=None)
-    except NotFoundError:
-        ef = wanted if wanted is not None else make_embedder("minilm")
-        meta = {"ponder_schema": SCHEMA_VERSION, "ponder_embedder": ef.name(), "ponder_dim": embedder_dim(ef)}
-        try:
-            col = client.get_or_create_collection(
-                name,
-                configuration={"hnsw": {"space": _SPACE}, "embedding_function": ef},
-                metadata=meta,
-                embedding_function=None,
+    def _writable(self, what: str) -> None:
+        if self.mode != "w":
+            raise ConfigError(
+                f"cannot {what}: memory {self._session.where} is open read-only (mode='r'); open it with mode='w'"
             )
-        except (ChromaError, ValueError) as e:
-            raise ConfigError(
-                f"cannot create memory collection {name!r} in {root}: {e}; pick another name"
-            ) from e
-        log.info("created memory collection %r in %s with %s", name, root, embedder_label(ef))
-    except (ChromaError, ValueError) as e:
-        raise ConfigError(f"cannot open memory collection {name!r} in {root}: {e}; check the name") from e
 
-    space = (col.configuration_json.get("hnsw") or {}).get("space", "l2")
-    if space != _SPACE:
-        raise ConfigError(
-            f"collection {name!r} in {root} uses {space} distance; ponder memory needs cosine: use a new name"
-        )
-    persisted = col.configuration_json.get("embedding_function") or {}
-    if persisted.get("type") != "known":
-        raise ConfigError(
-            f"collection {name!r} in {root} has no registered embedding function; it was not made by ponder: use a new name"
-        )
-    if wanted is None:
-        try:
-            return col, col.configuration.get("embedding_function")  # Chroma rebuilds it from the config
-        except ValueError as e:
-            raise ConfigError(
-                f"collection {name!r} in {root} was made with embedder {persisted.get('name')!r}, unknown in this "
-                "process; import the module that registers it, or pass embedder="
-            ) from e
-    stored_dim = (col.metadata or {}).get("ponder_dim") or getattr(
-        getattr(col, "_model", None), "dimension", None
-    )
-    wanted_dim = embedder_dim(wanted)
-    same = (wanted.name(), wanted.get_config()) == (persisted.get("name"), persisted.get("config"))
-    if not same or (stored_dim is not None and stored_dim != wanted_dim):
-        stored = label_from_config(persisted.get("name"), persisted.get("config"))
-        raise ConfigError(
-            f"memory at {root} was created with embedder {stored} (dim {stored_dim}) but {embedder_label(wanted)} "
-            f"(dim {wanted_dim}) was passed; open it with embedder=None or use a new directory"
-        )
-    return col, wanted
+
+def _records(res: Mapping[str, Any] | tuple[Any, Any, Any]) -> builtins.list[Record]:
+    """Records from a Chroma get result, or from ``(ids, documents, metadatas)``."""
+    ids, docs, metas = (res["ids"], res["documents"], res["metadatas"]) if isinstance(res, Mapping) else res
+    return [record_from_chroma(i, d, m) for i, d, m in zip(ids, docs, metas, strict=True)]

@@ -6,7 +6,7 @@
     ponder run --name my-run --resume          # continue a killed run
     ponder demo                                # reflexion vs retry on the embedded defaults
     ponder report runs/a runs/b --out runs/compare
-    ponder memory list runs/my-run --kind reflection
+    ponder memory ls --memory runs/my-run --kind reflection
     ponder envs | ponder agents
 
 Every ``PonderError`` is printed as one line and exits with status 2.
@@ -15,7 +15,6 @@ Every ``PonderError`` is printed as one line and exits with status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -24,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from ponder.errors import ConfigError, PonderError
+from ponder.errors import PonderError
 
 __all__ = ["main"]
 
@@ -69,6 +69,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="run name: the run directory is RUNS_DIR/NAME")
     p.add_argument("--runs-dir", help="where run directories go (default runs)")
     p.add_argument("--memory", help="a memory directory shared across runs (default RUN_DIR/memory)")
+    p.add_argument("--memory-url", help="keep memory on a Chroma server instead, e.g. http://127.0.0.1:8000")
     p.add_argument("--embedder", choices=["minilm", "hashing"])
     p.add_argument(
         "--memory-modes", help="experiential,reflective,concept (any of them, or none); default reflective"
@@ -99,6 +100,7 @@ def _config_from_args(a: argparse.Namespace) -> Any:
         "name": a.name,
         "runs_dir": a.runs_dir,
         "memory": a.memory,
+        "memory_url": a.memory_url,
         "embedder": a.embedder,
         "memory_modes": a.memory_modes,
         "script": tuple(a.script) if a.script else None,
@@ -167,8 +169,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
     console.print(report.read_text())
     console.print(f"comparison report  {report}")
     console.print(f"comparison plot    {plot}")
+    console.print(f"reflections memory {results[0].run_dir / 'memory'}", soft_wrap=True)
     console.print(
-        f"reflections memory {results[0].run_dir / 'memory'}  (ponder memory list {results[0].run_dir})"
+        f"  look inside: ponder memory ls --memory {results[0].run_dir} --kind reflection", soft_wrap=True
     )
     console.print(f"demo wall time     {time.perf_counter() - t0:.0f} s")
     return 0
@@ -204,53 +207,6 @@ def cmd_agents(a: argparse.Namespace) -> int:
     return 0
 
 
-def _memory_dir(target: str) -> Path:
-    d = Path(target)
-    if (d / "memory").is_dir() and (d / "config.yaml").exists():
-        return d / "memory"
-    if not d.is_dir():
-        raise ConfigError(f"{d} is not a memory or run directory; pass e.g. runs/demo-reflexion")
-    return d
-
-
-def cmd_memory(a: argparse.Namespace) -> int:
-    from ponder.memory import MemoryStore
-
-    store = MemoryStore.open(_memory_dir(a.target), embedder=None)  # the embedder it was made with
-    try:
-        where = {"task_id": a.task} if getattr(a, "task", None) else None
-        if a.action == "stats":
-            console.print_json(json.dumps(store.stats(), default=str))
-            return 0
-        if a.action == "search":
-            rows = [
-                (h.record, f"{h.similarity:.3f}")
-                for h in store.search(a.query, kind=a.kind, k=a.k, where=where)
-            ]
-        else:
-            rows = [(r, "") for r in store.list(kind=a.kind, where=where, limit=a.k)]
-        if a.json:
-            for rec, sim in rows:
-                console.print_json(
-                    json.dumps({**rec.to_dict(), **({"similarity": float(sim)} if sim else {})}, default=str)
-                )
-            return 0
-        t = Table("kind", "task", "run", "text", *(["sim"] if a.action == "search" else []), show_lines=True)
-        for rec, sim in rows:
-            t.add_row(
-                rec.kind,
-                rec.provenance.task_id,
-                rec.provenance.run_id,
-                rec.document()[:300],
-                *([sim] if a.action == "search" else []),
-            )
-        console.print(t)
-        console.print(f"{len(rows)} record(s) shown")
-        return 0
-    finally:
-        store.close()
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ponder", description="Verbal reinforcement search with LLM agents.")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -281,15 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("envs", help="list registered environments").set_defaults(fn=cmd_envs)
     sub.add_parser("agents", help="list registered agents").set_defaults(fn=cmd_agents)
 
-    m = sub.add_parser("memory", help="look at what is in a memory")
-    m.add_argument("action", choices=["stats", "list", "search"])
-    m.add_argument("target", help="a run directory or a memory directory")
-    m.add_argument("query", nargs="?", default="", help="text to search for (search)")
-    m.add_argument("--kind", choices=["reflection", "experience", "insight"])
-    m.add_argument("--task", help="only records of this task id")
-    m.add_argument("-k", type=int, default=10, help="how many records")
-    m.add_argument("--json", action="store_true", help="one JSON object per record")
-    m.set_defaults(fn=cmd_memory)
+    from ponder.cli_memory import add_memory_parser
+
+    add_memory_parser(sub)
     return p
 
 
@@ -300,15 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    if args.command == "memory" and args.action == "search" and not args.query:
-        err_console.print(
-            "error: memory search needs a query, e.g. ponder memory search runs/x 'carry the one'"
-        )
-        return 2
     try:
         return int(args.fn(args) or 0)
     except PonderError as e:
-        err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted; finished episodes are saved: continue with --resume")

@@ -49,6 +49,7 @@ class RunConfig:
         name: run name; the run directory is ``runs_dir/name``.
         runs_dir: where run directories go.
         memory: a shared memory directory; default ``runs_dir/name/memory``.
+        memory_url: a Chroma server (``http://HOST:PORT``) to keep memory in instead of a directory.
         embedder: ``minilm`` (real, offline) or ``hashing`` (fast, for tests).
         memory_modes: learning modes of agents that use memory: any of ``experiential``,
             ``reflective``, ``concept`` (empty: the agent reads no memory).
@@ -73,6 +74,7 @@ class RunConfig:
     name: str | None = None
     runs_dir: str = "runs"
     memory: str | None = None
+    memory_url: str | None = None
     embedder: str = "minilm"
     memory_modes: tuple[str, ...] = ("reflective",)
     resume: bool = False
@@ -90,6 +92,8 @@ class RunConfig:
             raise ConfigError("policy 'scripted' needs replies: pass --script 'Answer: 4' (repeatable)")
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
             raise ConfigError(f"run name {self.name!r} must be a plain directory name, e.g. my-run")
+        if self.memory and self.memory_url:
+            raise ConfigError("pass --memory DIR or --memory-url URL, not both")
         if not isinstance(self.env_kwargs, dict):
             raise ConfigError("env_kwargs must be a mapping, e.g. {level: 2}")
         object.__setattr__(self, "script", tuple(self.script))

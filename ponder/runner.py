@@ -86,6 +86,7 @@ DEFINING = (
     "temperature",
     "max_tokens",
     "memory",
+    "memory_url",
     "embedder",
     "memory_modes",
     "script",
@@ -122,6 +123,8 @@ def _prepare_dir(cfg: RunConfig) -> RunConfig:
 def _open_memory(cfg: RunConfig) -> Any:
     from ponder.memory import MemoryStore
 
+    if cfg.memory_url:
+        return MemoryStore.connect(cfg.memory_url, embedder=cfg.embedder)
     return MemoryStore.open(cfg.memory_dir, embedder=cfg.embedder)
 
 

@@ -43,7 +43,7 @@ def test_reflexion_with_smollm2_and_minilm(tmp_path, capsys):
     failed = sum(not t["success"] for e in eps for t in e["trials"])
     # every failed trial was reflected on (the last one at the episode's end), and it is in Chroma
     capsys.readouterr()
-    assert main(["memory", "stats", str(d)]) == 0
+    assert main(["memory", "stats", "--memory", str(d), "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["by_kind"]["reflection"] == failed
     assert stats["embedder"].startswith("ponder-minilm")
