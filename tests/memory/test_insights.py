@@ -9,7 +9,7 @@ from datetime import datetime
 import pytest
 
 from ponder.errors import ConfigError
-from ponder.memory import Experience, Insight, MemoryStore, Provenance
+from ponder.memory import Experience, Insight, Provenance
 from ponder.memory.insights import (
     InsightBook,
     Operation,
@@ -21,13 +21,6 @@ from ponder.memory.insights import (
 from ponder.models import SamplingParams, ScriptedPolicy
 
 PROV = Provenance(run_id="run-1", episode_id="ep-7", env="math")
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = MemoryStore.open(tmp_path / "mem", embedder="hashing")
-    yield s
-    s.close()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ponder.errors import ConfigError
-from ponder.memory import Experience, Hit, Insight, MemoryStore, Provenance, Reflection
+from ponder.memory import Experience, Hit, Insight, Provenance, Reflection
 from ponder.memory.retrieval import (
     DATA_HEADER,
     TRUSTED_HEADER,
@@ -19,13 +19,6 @@ from ponder.memory.retrieval import (
     retrieve,
 )
 from ponder.models.fake import HashingEmbedder, count_tokens
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = MemoryStore.open(tmp_path / "mem", embedder="hashing")
-    yield s
-    s.close()
 
 
 def _refl(text, id, **prov):

@@ -29,13 +29,6 @@ def _refl(text, *, task="t1", env="math", created="2025-01-01T00:00:00.000000+00
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = MemoryStore.open(tmp_path / "mem", embedder="hashing")
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def filled(store):
     store.add_many(
         [
