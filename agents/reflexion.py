@@ -70,7 +70,7 @@ def _build(
     prompts: ReflexionPrompts | None = None,
     params: SamplingParams | None = None,
     reflect_params: SamplingParams | None = None,
-    memory_modes: str | Sequence[str] = ("reflective",),
+    memory_modes: str | Sequence[str] = (),
     memory_k: int = 3,
     checkpointer: Any = None,
     name: str,

@@ -72,7 +72,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-url", help="keep memory on a Chroma server instead, e.g. http://127.0.0.1:8000")
     p.add_argument("--embedder", choices=["minilm", "hashing"])
     p.add_argument(
-        "--memory-modes", help="experiential,reflective,concept (any of them, or none); default reflective"
+        "--memory-modes", help="experiential,reflective,concept (any of them, or none); default none"
     )
     p.add_argument("--script", action="append", help="a reply of the scripted policy (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run directory NAME")

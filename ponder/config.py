@@ -52,7 +52,8 @@ class RunConfig:
         memory_url: a Chroma server (``http://HOST:PORT``) to keep memory in instead of a directory.
         embedder: ``minilm`` (real, offline) or ``hashing`` (fast, for tests).
         memory_modes: learning modes of agents that use memory: any of ``experiential``,
-            ``reflective``, ``concept`` (empty: the agent reads no memory).
+            ``reflective``, ``concept``. Empty (the default): agents write memory but recall
+            nothing from it; opt in, since recalled text can also mislead a small model.
         resume: continue an existing run directory.
         script: replies of the ``scripted`` policy.
     """
@@ -76,7 +77,7 @@ class RunConfig:
     memory: str | None = None
     memory_url: str | None = None
     embedder: str = "minilm"
-    memory_modes: tuple[str, ...] = ("reflective",)
+    memory_modes: tuple[str, ...] = ()
     resume: bool = False
     script: tuple[str, ...] = ()
 
