@@ -81,9 +81,13 @@ class MemoryModes:
         prompts: the agent's prompts (the reflection template is reused).
         agent: the agent's name, for provenance.
         k_exemplars: successful episodes shown as worked examples.
-        k_contrasts: failed similar episodes shown as contrasts.
+        k_contrasts: failed similar episodes shown as contrasts (off by default: a small model
+            copies the wrong answer it is shown).
         k_reflections: reflections recalled.
         k_insights: active insights shown.
+        min_similarity: recalled experiences and similar-task reflections must be at least this
+            similar (cosine) to the task, since an unrelated example misleads more than none helps;
+            ``None`` takes the embedder's ``related_similarity`` (MiniLM 0.6, hashing 0).
         token_budget: tokens at most for the recalled notes (exemplars excluded).
         learn_params: sampling for reflections and insight operations.
     """
@@ -94,9 +98,10 @@ class MemoryModes:
     prompts: ReflexionPrompts
     agent: str = "agent"
     k_exemplars: int = 2
-    k_contrasts: int = 1
+    k_contrasts: int = 0
     k_reflections: int = 3
     k_insights: int = 5
+    min_similarity: float | None = None
     token_budget: int = 400
     learn_params: SamplingParams = dataclasses.field(
         default_factory=lambda: SamplingParams(max_tokens=96, temperature=0.7)
@@ -104,17 +109,22 @@ class MemoryModes:
 
     def __post_init__(self) -> None:
         self.modes = parse_memory_modes(self.modes)
+        if self.min_similarity is None:
+            self.min_similarity = float(getattr(self.store.embedder, "related_similarity", 0.0))
 
     # --- recall -------------------------------------------------------------------
-    def recall(self, task_id: str, observation: str, ctx: AgentContext) -> dict[str, Any]:
-        """State updates for the actor: notes, exemplar turns, insights."""
+    def recall(self, task_id: str, query: str, ctx: AgentContext) -> dict[str, Any]:
+        """State updates for the actor: notes, exemplar turns, insights.
+
+        ``query`` is the task's own text (``TextEnv.task_text``), not the shared instructions.
+        """
         out: dict[str, Any] = {"memory_notes": [], "exemplars": [], "insights": [], "shown_insights": []}
         notes: list[str] = []
         if "experiential" in self.modes:
-            out["exemplars"], contrasts = self._experiences(observation, ctx)
+            out["exemplars"], contrasts = self._experiences(query, ctx)
             notes += contrasts
         if "reflective" in self.modes:
-            notes += self._reflections(task_id, observation, ctx)
+            notes += self._reflections(task_id, query, ctx)
         if "concept" in self.modes:
             shown = self._book().active(self.k_insights)
             out["insights"] = [i.text for i in shown]
@@ -126,12 +136,14 @@ class MemoryModes:
         mine = (ctx.run_id, ctx.episode_id)
         return [r for r in records if (r.provenance.run_id, r.provenance.episode_id) != mine]
 
-    def _experiences(self, observation: str, ctx: AgentContext) -> tuple[list[list[str]], list[str]]:
+    def _similar(self, query: str, kind: str, k: int, where: dict[str, Any] | None = None) -> list[Any]:
+        hits = self.store.search(query, kind=kind, k=k, where=where)
+        return [h for h in hits if h.similarity >= self.min_similarity]
+
+    def _experiences(self, query: str, ctx: AgentContext) -> tuple[list[list[str]], list[str]]:
         exemplars: list[list[str]] = []
         if self.k_exemplars:
-            hits = self.store.search(
-                observation, kind="experience", k=self.k_exemplars + 2, where={"outcome": "success"}
-            )
+            hits = self._similar(query, "experience", self.k_exemplars + 2, {"outcome": "success"})
             for h in hits:
                 rec = h.record
                 if not self._others([rec], ctx):
@@ -142,9 +154,7 @@ class MemoryModes:
             exemplars = exemplars[: self.k_exemplars]
         contrasts: list[str] = []
         if self.k_contrasts:
-            hits = self.store.search(
-                observation, kind="experience", k=self.k_contrasts + 2, where={"outcome": "failure"}
-            )
+            hits = self._similar(query, "experience", self.k_contrasts + 2, {"outcome": "failure"})
             for h in [h for h in hits if self._others([h.record], ctx)][: self.k_contrasts]:
                 last = h.record.trajectory[-1] if h.record.trajectory else {}
                 contrasts.append(
@@ -153,20 +163,20 @@ class MemoryModes:
                 )
         return exemplars, contrasts
 
-    def _reflections(self, task_id: str, observation: str, ctx: AgentContext) -> list[str]:
+    def _reflections(self, task_id: str, query: str, ctx: AgentContext) -> list[str]:
         same = self._others(
             self.store.list(kind="reflection", where={"task_id": task_id}, limit=self.k_reflections + 8), ctx
         )
         texts = [r.text for r in same]
         if len(texts) < self.k_reflections:
             # similar tasks' reflections, diversified (MMR) so one failure mode does not fill the prompt
-            hits = retrieve(
-                self.store, observation, kind="reflection", k=self.k_reflections + 4, mmr_lambda=0.3
-            )
+            hits = retrieve(self.store, query, kind="reflection", k=self.k_reflections + 4, mmr_lambda=0.3)
             texts += [
                 h.record.text
                 for h in hits
-                if h.record.provenance.task_id != task_id and self._others([h.record], ctx)
+                if h.similarity >= self.min_similarity
+                and h.record.provenance.task_id != task_id
+                and self._others([h.record], ctx)
             ]
         return list(dict.fromkeys(texts))[: self.k_reflections]
 
@@ -220,7 +230,7 @@ class MemoryModes:
 
         success = bool(state.get("success"))
         want = "failure" if success else "success"
-        hits = self.store.search(state["observation"], kind="experience", k=3, where={"outcome": want})
+        hits = self.store.search(_query(state), kind="experience", k=3, where={"outcome": want})
         hits = [h for h in hits if self._others([h.record], ctx)]
         if not hits:
             return 0, 0, []
@@ -265,6 +275,10 @@ class MemoryModes:
         )
 
 
+def _query(state: EpisodeState) -> str:
+    return state.get("task_text") or state["observation"]
+
+
 def _episode_as_experience(state: EpisodeState, ctx: AgentContext, agent: str) -> Any:
     """The running episode as an (unsaved) Experience, for comparison prompts."""
     from ponder.memory import Experience, Provenance
@@ -274,6 +288,7 @@ def _episode_as_experience(state: EpisodeState, ctx: AgentContext, agent: str) -
     ]
     return Experience(
         task=state["observation"],
+        key=state.get("task_text", ""),
         trajectory=steps,
         outcome="success" if state.get("success") else "failure",
         provenance=Provenance(

@@ -100,9 +100,10 @@ def _build(
             )
         task_id = state["task_id"]
         obs, _ = env.reset(seed=runtime.context.seed, options={"task_id": task_id})
-        recalled = mem.recall(task_id, obs, runtime.context) if mem is not None else {}
+        key = env.task_text(obs)
+        recalled = mem.recall(task_id, key, runtime.context) if mem is not None else {}
         examples = [list(pair) for pair in env.examples_for(task_id)]
-        return {"observation": obs, "success": False, "examples": examples, **recalled}
+        return {"observation": obs, "task_text": key, "success": False, "examples": examples, **recalled}
 
     def act(state: EpisodeState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         trial = len(state.get("trials", []))

@@ -38,6 +38,8 @@ class EpisodeState(TypedDict, total=False):
 
     task_id: str
     observation: str
+    #: the observation without instructions every task shares: memory's search key
+    task_text: str
     #: retrieved from memory (earlier runs): quoted to the model as data, never as instructions
     memory_notes: list[str]
     #: [task, answer] worked examples the env provides for this task

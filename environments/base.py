@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from abc import abstractmethod
 from typing import Any, ClassVar, SupportsFloat
 
@@ -137,6 +138,33 @@ class TextEnv(gym.Env[str, str]):
     def examples_for(self, task_id: str) -> tuple[tuple[str, str], ...]:
         """Worked (observation, reply) pairs suited to ``task_id``; by default ``fewshot``."""
         return self.fewshot
+
+    def step_examples(self, task_id: str, separator: str = "\n\n") -> tuple[tuple[str, str], ...]:
+        """``examples_for(task_id)`` with each reply written as steps joined by ``separator``.
+
+        Step-level search and PRM labelling show the model these; by default each line of a
+        reply is one step.
+        """
+        return tuple(
+            (q, separator.join(line.strip() for line in a.splitlines() if line.strip()))
+            for q, a in self.examples_for(task_id)
+        )
+
+    def answer_key(self, reply: str) -> str | None:
+        """The final answer in ``reply``, normalised so equal answers compare equal (for voting).
+
+        By default the text after the last ``Answer:`` line; None when there is none.
+        """
+        found = re.findall(r"(?im)^\s*(?:final\s+)?answer\s*[:=]\s*(.+?)\s*$", reply)
+        return (found[-1].strip().rstrip(".").strip() or None) if found else None
+
+    def task_text(self, observation: str) -> str:
+        """The part of a first observation that tells this task from the others (memory's search key).
+
+        Instructions every task shares would make all tasks look alike to an embedder, so an
+        env that appends them returns the observation without them; by default the whole text.
+        """
+        return observation
 
     # --- helpers -----------------------------------------------------------------
     def _id_set(self) -> set[str]:

@@ -249,6 +249,29 @@ class MathEnv(TextEnv):
         """Two worked examples of the task's own level (a mixed set misleads small models)."""
         return self._examples[self.tasks[task_id].level]
 
+    def step_examples(self, task_id: str, separator: str = "\n\n") -> tuple[tuple[str, str], ...]:
+        """Worked examples with one operation per step: ``12 + 7 = 19.``, ``5 * 19 = 95.``, ``Answer: 103``."""
+        out = []
+        for q, a in self.examples_for(task_id):
+            steps = [
+                s.strip().rstrip(".") + "."
+                for line in a.splitlines()
+                if not line.startswith("Answer:")
+                for s in re.split(r",\s*(?:then\s+)?", line)
+                if s.strip()
+            ]
+            out.append((q, separator.join([*steps, a.splitlines()[-1]])))
+        return tuple(out)
+
+    def answer_key(self, reply: str) -> str | None:
+        """The number the verifier would read (``1/2``, ``12``), or None."""
+        got = parse_answer(reply)
+        return None if got is None else _fmt(got)
+
+    def task_text(self, observation: str) -> str:
+        """The question without the instruction every task shares."""
+        return observation.replace(INSTRUCTION, "").strip() or observation
+
     def _reset_task(self, task_id: str) -> tuple[str, dict[str, Any]]:
         task = self.tasks[task_id]
         return f"{task.question}\n{INSTRUCTION}", {"level": task.level}

@@ -114,6 +114,10 @@ class MiniLMEmbeddingFunction(EmbeddingFunction[Documents]):
         ('ponder-minilm', {'model_path': None}, 384)
     """
 
+    #: cosine similarity from which two texts count as related (measured on the math env:
+    #: a question's nearest stored task of its own kind is above it 82% of the time)
+    related_similarity = 0.6
+
     def __init__(self, model_path: str | None = None, device: str | None = None, batch_size: int = 64):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -188,6 +192,9 @@ class HashingEmbeddingFunction(EmbeddingFunction[Documents]):
         >>> HashingEmbeddingFunction(dim=32).get_config()
         {'dim': 32}
     """
+
+    #: word-hash similarities carry no calibrated meaning: nothing is cut by a threshold
+    related_similarity = 0.0
 
     def __init__(self, dim: int = 256):
         self._embedder = HashingEmbedder(dim=dim)

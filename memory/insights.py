@@ -192,6 +192,24 @@ def _clean_text(text: str, vote: bool) -> str:
     return text
 
 
+_NUMBERING = re.compile(r"^[\[{(]?\s*\d+(?:\.\d+)+")
+_META = re.compile(r"\b(?:new|existing|previous|above|following|updated|old|other|the|these|those)\s+(?:rules|insights)\b|\b(?:new|existing|previous|above|this|that)\s+(?:rule|insight|response)\b|\brule list\b|\bthe rule that\b", re.I)  # fmt: skip
+_WORD = re.compile(r"[^\W\d_]{2,}")
+
+
+def _not_a_rule(text: str) -> str | None:
+    """Why ``text`` is no usable rule (an echo of the prompt's scaffolding), or None."""
+    if text[:1] + text[-1:] in ("[]", "{}"):
+        return f"repeats a placeholder {text[:60]}"
+    if _NUMBERING.match(text):
+        return f"starts with an echo of the list numbering: {text[:60]}"
+    if len(_WORD.findall(text)) < 2:
+        return f"has too few words to be a rule: {text[:60]}"
+    if _META.search(text):
+        return f"talks about the rule list, not the task: {text[:60]}"
+    return None
+
+
 def _parse_line(raw: str) -> list[Operation] | str | None:
     """Operations on one line, a reason string if it looked like an operation but is unusable, or None."""
     s = re.sub(r"\*\*|__|`", "", raw).strip()
@@ -226,6 +244,8 @@ def _parse_line(raw: str) -> list[Operation] | str | None:
             return f"{op} has no rule text" if op in ("ADD", "EDIT") else f"{op} needs a rule number"
         if text.startswith("<") and text.endswith(">"):
             return f"{op} repeats the template placeholder {text}"
+    if op in ("ADD", "EDIT") and (why := _not_a_rule(text)):
+        return f"{op} {why}"
     return [Operation(op, t, text, raw.strip()) for t in targets or [None]]  # type: ignore[arg-type]
 
 
@@ -238,7 +258,8 @@ def parse_operations(
     ``EDIT 2: text``, ``UPVOTE 3``, ``UPVOTE: 3``, ``DOWNVOTE #4``, ``UPVOTE 1, 2``, ExpeL's
     ``AGREE`` (= UPVOTE) and ``REMOVE`` (= DOWNVOTE), and trailing explanations in parentheses.
     Lines that look like operations but cannot be used (no text, no number, a number outside
-    ``1..n_shown``, a template placeholder, a non-causal ADD when ``form="causal"``) land in
+    ``1..n_shown``, a template placeholder, scaffolding echoed back as a rule such as ``1.11.1.2``
+    or ``[the new rule]``, fewer than two words, a non-causal ADD when ``form="causal"``) land in
     ``skipped`` with the reason. A lower-case keyword without ``:`` or a number reads as prose.
 
     Example:

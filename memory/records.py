@@ -215,6 +215,8 @@ class Experience(_RecordMixin):
         outcome: ``"success"`` or ``"failure"``.
         score: the environment's score for the episode.
         tokens: tokens the policy spent on it.
+        key: what similar tasks are found by, when not the whole statement: the task
+            without the instructions every task of its env shares (``TextEnv.task_text``).
     """
 
     kind: ClassVar[str] = "experience"
@@ -225,6 +227,7 @@ class Experience(_RecordMixin):
     outcome: Outcome = "failure"
     score: float = 0.0
     tokens: int = 0
+    key: str = ""
     provenance: Provenance = field(default_factory=Provenance)
     id: str = field(default_factory=_new_id)
 
@@ -239,8 +242,8 @@ class Experience(_RecordMixin):
         self.tokens = int(self.tokens)
 
     def document(self) -> str:
-        """The task, then one line per step: ``action -> observation | feedback`` (clipped)."""
-        lines = [self.task.strip()]
+        """The task (its ``key`` if set), then one line per step: ``action -> observation | feedback``."""
+        lines = [(self.key or self.task).strip()]
         for step in self.trajectory:
             parts = [_clip(step.get(k, "")) for k in _STEP_KEYS]
             line = parts[0]

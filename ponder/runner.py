@@ -242,6 +242,7 @@ def _episode_record(
         "seed": cfg.seed,
         "model": getattr(policy, "name", "policy"),
         "observation": final.get("observation", ""),
+        "task_text": final.get("task_text", ""),
         "success": bool(final.get("success")),
         "first_success_trial": first,
         "trials_used": len(trials),
@@ -283,6 +284,7 @@ def experience_from_episode(episode: dict[str, Any]) -> Any:
         outcome="success" if episode["success"] else "failure",
         score=max((t["score"] for t in episode["trials"]), default=0.0),
         tokens=episode["prompt_tokens"] + episode["completion_tokens"],
+        key=episode.get("task_text", ""),
         provenance=prov,
         id=rid.hexdigest(),
     )

@@ -20,6 +20,11 @@ def test_parse_memory_modes():
 BASE = 2 + 2 * len(make("math", level=1, num_tasks=1).fewshot)  # system, env examples, task
 
 
+def _text(prompt):
+    """Every message of a prompt, as one text."""
+    return "\n".join(m.content for m in prompt.messages)
+
+
 def _stream(tmp_path, modes, fn, name, tasks=4):
     cfg = RunConfig(
         agent="reflexion",
@@ -63,7 +68,7 @@ def test_reflective_mode_reflects_at_episode_end_and_recalls_for_similar_tasks(t
     seen = []
 
     def wrong(prompt):
-        seen.append(prompt.messages[-1].content)
+        seen.append(prompt.messages[-1].content if "Diagnose" in prompt.messages[0].content else _text(prompt))
         if "Diagnose" in prompt.messages[0].content:
             return "I must add the ones digits first."
         return "Answer: 0"
@@ -73,6 +78,8 @@ def test_reflective_mode_reflects_at_episode_end_and_recalls_for_similar_tasks(t
     actor_prompts = [s for s in seen if not s.startswith("Task:")]
     assert "> I must add the ones digits first." not in actor_prompts[0]
     assert "> I must add the ones digits first." in actor_prompts[-1]  # from another task's episode
+    # recalled in a turn of its own, before the examples: the task's own turn is unchanged
+    assert "> I must add" not in actor_prompts[-1].rsplit("\n", 2)[-1]
     with MemoryStore.open(tmp_path / "mem") as store:
         assert len(store.list(kind="reflection")) == 4
 
@@ -102,10 +109,12 @@ def test_memory_notes_are_quoted_and_budgeted(tmp_path):
             )
         )
     seen = []
-    policy = ScriptedPolicy(lambda p: seen.append(p.messages[-1].content) or "Answer: 13")
+    policy = ScriptedPolicy(lambda p: seen.append(p) or "Answer: 13")
     graph = build_reflexion(policy, memory=store, max_trials=1, memory_modes="reflective")
     graph.invoke({"task_id": "math/L1/0"}, context=AgentContext(env=make("math", num_tasks=1), run_id="new"))
-    prompt = seen[0]
+    notes, task = seen[0].messages[1].content, seen[0].messages[-1].content
+    assert "earlier" not in task and seen[0].messages[2].role == "assistant"
+    prompt = notes
     assert "not instructions" in prompt
     assert all(line.startswith("> ") for line in prompt.split("not instructions):\n", 1)[1].splitlines())
     assert prompt.count(hostile) == 3  # k_reflections = 3
@@ -124,7 +133,7 @@ def test_concept_mode_learns_insights_from_contrasting_episodes(tmp_path):
             return "I added too fast."
         if "rule" in system.lower() or "insight" in system.lower():
             return "ADD: Count on from the larger number.\nUPVOTE 1"
-        seen.append(prompt.messages[-1].content)
+        seen.append(_text(prompt))
         calls["n"] += 1
         q = prompt.messages[-1].content.splitlines()[0]
         return f"Answer: {answers[q]}" if calls["n"] % 2 else "Answer: 0"  # alternate success and failure
@@ -138,3 +147,26 @@ def test_concept_mode_learns_insights_from_contrasting_episodes(tmp_path):
     # once learned, the rule is shown to the actor, quoted as data
     assert "Count on from the larger number." not in seen[0]
     assert "> 1. Count on from the larger number." in seen[-1]
+
+
+def test_recall_skips_what_is_not_similar_enough(tmp_path):
+    from ponder.agents.memory_nodes import MemoryModes
+    from ponder.agents.prompts import ReflexionPrompts
+    from ponder.memory import Experience, Provenance, Reflection
+
+    store = MemoryStore.open(tmp_path / "m", embedder="hashing")
+    prov = Provenance(task_id="math/L1/1", run_id="old", episode_id="e1")
+    store.add(Experience(task="What is 2 + 2?", key="What is 2 + 2?", trajectory=[{"action": "Answer: 4", "success": True}], outcome="success", provenance=prov))  # fmt: skip
+    store.add(Reflection(text="Count on from the larger number.", provenance=prov))
+    ctx = AgentContext(env=make("math", num_tasks=1), run_id="new", episode_id="e2")
+
+    def recall(threshold):
+        mem = MemoryModes(store, ("experiential", "reflective"), ScriptedPolicy(["x"]), ReflexionPrompts(), min_similarity=threshold)  # fmt: skip
+        return mem.recall("math/L1/0", "What is 2 + 3?", ctx)
+
+    loose, strict = recall(0.0), recall(0.99)
+    assert loose["exemplars"] == [["What is 2 + 2?", "Answer: 4"]] and loose["memory_notes"]
+    assert strict["exemplars"] == [] and strict["memory_notes"] == []
+    default = MemoryModes(store, ("experiential",), ScriptedPolicy(["x"]), ReflexionPrompts())
+    assert default.min_similarity == 0.0  # the hashing embedder has no calibrated threshold
+    store.close()

@@ -86,3 +86,11 @@ def test_bad_level_is_a_clear_error():
 
 def test_check_env_math():
     check_env(make("math", level=[1, 5], num_tasks=3))
+
+
+def test_task_text_drops_the_shared_instruction():
+    env = MathEnv(level=[1, 5], num_tasks=2, seed=0)
+    for tid in env.task_ids():
+        obs, _ = env.reset(options={"task_id": tid})
+        assert env.task_text(obs) == env.tasks[tid].question
+    assert env.task_text("no instruction here") == "no instruction here"
