@@ -6,7 +6,7 @@ memory-based reinforcement:
 - **experiential** (ExpeL, Synapse): similar *successful* past episodes become few-shot
   turns; a similar *failed* one is shown as a contrast, quoted as data.
 - **reflective** (Reflexion's memory, across tasks): reflections on the same task first,
-  then on similar tasks; a failed episode is reflected on at its end so later tasks can
+  then those written on similar tasks (similar by the tasks' text, not the lessons'); a failed episode is reflected on at its end so later tasks can
   use it even with one trial.
 - **concept** (ExpeL insights, CLIN): after an episode, it is compared with a similar past
   episode of the opposite outcome, and the model edits the insight set with ADD / EDIT /
@@ -34,7 +34,6 @@ from typing import Any
 from ponder.agents.prompts import ReflexionPrompts, parse_reflection
 from ponder.agents.state import AgentContext, EpisodeState
 from ponder.errors import ConfigError
-from ponder.memory.retrieval import retrieve
 from ponder.models.fake import count_tokens
 from ponder.models.types import Policy, SamplingParams
 
@@ -169,15 +168,19 @@ class MemoryModes:
         )
         texts = [r.text for r in same]
         if len(texts) < self.k_reflections:
-            # similar tasks' reflections, diversified (MMR) so one failure mode does not fill the prompt
-            hits = retrieve(self.store, query, kind="reflection", k=self.k_reflections + 4, mmr_lambda=0.3)
-            texts += [
-                h.record.text
+            # reflections written on *similar tasks*: similarity is judged between the tasks
+            # (experience keys), not between a lesson's wording and a question
+            hits = self._similar(query, "experience", 4 * self.k_reflections, {"outcome": "failure"})
+            episodes = [
+                h.record.provenance.episode_id
                 for h in hits
-                if h.similarity >= self.min_similarity
-                and h.record.provenance.task_id != task_id
-                and self._others([h.record], ctx)
+                if h.record.provenance.task_id != task_id and self._others([h.record], ctx)
             ]
+            if episodes:
+                found = self.store.list(kind="reflection", where={"episode_id": episodes}, limit=4 * len(episodes))
+                rank = {e: i for i, e in enumerate(episodes)}
+                found.sort(key=lambda r: (rank.get(r.provenance.episode_id, len(rank)), -r.trial))
+                texts += [r.text for r in found]
         return list(dict.fromkeys(texts))[: self.k_reflections]
 
     # --- learn --------------------------------------------------------------------

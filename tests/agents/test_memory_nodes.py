@@ -157,7 +157,10 @@ def test_recall_skips_what_is_not_similar_enough(tmp_path):
     store = MemoryStore.open(tmp_path / "m", embedder="hashing")
     prov = Provenance(task_id="math/L1/1", run_id="old", episode_id="e1")
     store.add(Experience(task="What is 2 + 2?", key="What is 2 + 2?", trajectory=[{"action": "Answer: 4", "success": True}], outcome="success", provenance=prov))  # fmt: skip
-    store.add(Reflection(text="Count on from the larger number.", provenance=prov))
+    failed = Provenance(task_id="math/L1/2", run_id="old", episode_id="e3")
+    store.add(Experience(task="What is 2 + 4?", key="What is 2 + 4?", trajectory=[{"action": "Answer: 7"}], provenance=failed))  # fmt: skip
+    store.add(Reflection(text="Count on from the larger number.", provenance=failed))
+    store.add(Reflection(text="Unrelated lesson of an episode with no similar task.", provenance=Provenance(task_id="x", run_id="old", episode_id="e9")))  # fmt: skip
     ctx = AgentContext(env=make("math", num_tasks=1), run_id="new", episode_id="e2")
 
     def recall(threshold):
@@ -165,7 +168,9 @@ def test_recall_skips_what_is_not_similar_enough(tmp_path):
         return mem.recall("math/L1/0", "What is 2 + 3?", ctx)
 
     loose, strict = recall(0.0), recall(0.99)
-    assert loose["exemplars"] == [["What is 2 + 2?", "Answer: 4"]] and loose["memory_notes"]
+    assert loose["exemplars"] == [["What is 2 + 2?", "Answer: 4"]]
+    # a reflection is recalled because its *task* is similar, whatever its wording
+    assert loose["memory_notes"] == ["Count on from the larger number."]
     assert strict["exemplars"] == [] and strict["memory_notes"] == []
     default = MemoryModes(store, ("experiential",), ScriptedPolicy(["x"]), ReflexionPrompts())
     assert default.min_similarity == 0.0  # the hashing embedder has no calibrated threshold
