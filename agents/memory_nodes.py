@@ -177,7 +177,9 @@ class MemoryModes:
                 if h.record.provenance.task_id != task_id and self._others([h.record], ctx)
             ]
             if episodes:
-                found = self.store.list(kind="reflection", where={"episode_id": episodes}, limit=4 * len(episodes))
+                found = self.store.list(
+                    kind="reflection", where={"episode_id": episodes}, limit=4 * len(episodes)
+                )
                 rank = {e: i for i, e in enumerate(episodes)}
                 found.sort(key=lambda r: (rank.get(r.provenance.episode_id, len(rank)), -r.trial))
                 texts += [r.text for r in found]

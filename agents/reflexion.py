@@ -41,7 +41,7 @@ from ponder.agents.state import AgentContext, EpisodeState, TrialRecord
 from ponder.errors import ConfigError
 from ponder.models.types import Policy, SamplingParams
 
-__all__ = ["build_reflexion", "build_retry", "route_after_evaluate", "trial_seed"]
+__all__ = ["build_reflexion", "build_retry", "evaluate_attempt", "route_after_evaluate", "trial_seed"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,26 @@ def route_after_evaluate(
     return "reflect" if reflect else "act"
 
 
+def evaluate_attempt(state: EpisodeState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """Grade ``state["attempt"]`` in the env and append the trial (a graph node)."""
+    env = runtime.context.env
+    # Each trial is a fresh episode of the same task; resetting here also makes a
+    # resumed thread (new env object) correct.
+    env.reset(seed=runtime.context.seed, options={"task_id": state["task_id"]})
+    _, reward, _, _, info = env.step(state["attempt"])
+    p_tok, c_tok = state.get("attempt_tokens", (0, 0))
+    record = TrialRecord(
+        trial=len(state.get("trials", [])),
+        action=state["attempt"],
+        success=bool(info["success"]),
+        score=float(info.get("score", reward)),
+        feedback=str(info.get("feedback", "")),
+        prompt_tokens=p_tok,
+        completion_tokens=c_tok,
+    )
+    return {"trials": [record], "success": record["success"]}
+
+
 def _build(
     policy: Policy,
     *,
@@ -72,6 +92,7 @@ def _build(
     reflect_params: SamplingParams | None = None,
     memory_modes: str | Sequence[str] = (),
     memory_k: int = 3,
+    actor_search: Any = None,
     checkpointer: Any = None,
     name: str,
 ) -> Any:
@@ -115,6 +136,8 @@ def _build(
             insights=state.get("insights", []),
         )
         seed = trial_seed(runtime.context.seed, state["task_id"], trial)
+        if actor_search is not None:
+            return _search_act(actor_search, prompt, state, runtime.context, seed, trial)
         c = policy.generate([prompt], dataclasses.replace(params, n=1, seed=seed))[0][0]
         return {
             "attempt": c.text,
@@ -122,24 +145,6 @@ def _build(
             "prompt_tokens": c.prompt_tokens,
             "completion_tokens": c.completion_tokens,
         }
-
-    def evaluate(state: EpisodeState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-        env = runtime.context.env
-        # Each trial is a fresh episode of the same task; resetting here also makes a
-        # resumed thread (new env object) correct.
-        env.reset(seed=runtime.context.seed, options={"task_id": state["task_id"]})
-        _, reward, _, _, info = env.step(state["attempt"])
-        p_tok, c_tok = state.get("attempt_tokens", (0, 0))
-        record = TrialRecord(
-            trial=len(state.get("trials", [])),
-            action=state["attempt"],
-            success=bool(info["success"]),
-            score=float(info.get("score", reward)),
-            feedback=str(info.get("feedback", "")),
-            prompt_tokens=p_tok,
-            completion_tokens=c_tok,
-        )
-        return {"trials": [record], "success": record["success"]}
 
     def reflect_node(state: EpisodeState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         last = state["trials"][-1]
@@ -168,7 +173,7 @@ def _build(
     g = StateGraph(EpisodeState, context_schema=AgentContext)
     g.add_node("observe", observe)
     g.add_node("act", act)
-    g.add_node("evaluate", evaluate)
+    g.add_node("evaluate", evaluate_attempt)
     g.add_edge(START, "observe")
     g.add_edge("observe", "act")
     g.add_edge("act", "evaluate")
@@ -185,6 +190,25 @@ def _build(
     return g.compile(checkpointer=checkpointer, name=name)
 
 
+def _search_act(
+    actor: Any, prompt: Any, state: EpisodeState, ctx: AgentContext, seed: int, trial: int
+) -> dict[str, Any]:
+    """The actor as a search (``SearchActor``) on the Reflexion prompt, written step by step."""
+    from ponder.agents.search_agent import actor_prompt_for_search
+
+    prompt = actor_prompt_for_search(prompt, ctx.env, state["task_id"], actor.separator)
+    question = state.get("task_text") or state["observation"]
+    text, summary = actor.search(ctx.env, state["task_id"], prompt, question, seed=seed, ctx=ctx, trial=trial)
+    tokens = (summary["budget"]["prompt_tokens"], summary["budget"]["generated_tokens"])
+    return {
+        "attempt": text,
+        "attempt_tokens": tokens,
+        "prompt_tokens": tokens[0],
+        "completion_tokens": tokens[1],
+        "searches": [summary],
+    }
+
+
 def build_reflexion(policy: Policy, *, memory: Any = None, max_trials: int = 3, **kw: Any) -> Any:
     """A compiled Reflexion graph: act, evaluate, reflect on failure, retry with the reflection.
 
@@ -194,7 +218,9 @@ def build_reflexion(policy: Policy, *, memory: Any = None, max_trials: int = 3, 
             reflections on the same task from earlier runs are recalled (as quoted data).
         max_trials: attempts per task, the first included.
         **kw: ``prompts`` (``ReflexionPrompts``), ``params`` / ``reflect_params``
-            (``SamplingParams``), ``memory_k`` (reflections recalled), ``checkpointer``.
+            (``SamplingParams``), ``memory_k`` (reflections recalled), ``memory_modes``,
+            ``actor_search`` (a ``ponder.agents.search_agent.SearchActor``: each attempt is a
+            PRM-guided search on the reflection-augmented prompt), ``checkpointer``.
 
     Invoke with ``{"task_id": ...}`` and ``context=AgentContext(env=...)``.
     """

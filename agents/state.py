@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 from typing_extensions import TypedDict
 
@@ -57,6 +58,8 @@ class EpisodeState(TypedDict, total=False):
     trials: Annotated[list[TrialRecord], operator.add]
     reflections: Annotated[list[str], operator.add]
     success: bool
+    #: one summary per search an actor ran (algorithm, answer, score, budget, tree file)
+    searches: Annotated[list[dict[str, Any]], operator.add]
     prompt_tokens: Annotated[int, operator.add]
     completion_tokens: Annotated[int, operator.add]
 
@@ -71,9 +74,11 @@ class AgentContext:
             so two agents given the same seed see the same first attempt.
         run_id: provenance for memory records.
         episode_id: provenance for memory records.
+        artifacts: a directory for files an episode produces (search trees); None keeps none.
     """
 
     env: TextEnv
     seed: int = 0
     run_id: str = ""
     episode_id: str = ""
+    artifacts: Path | None = None

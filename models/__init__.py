@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ponder.models.fake import HashingEmbedder, ScriptedPolicy
-from ponder.models.prm import PRM, aggregate_scores
+from ponder.models.prm import PRM, BasePRM, FunctionPRM, PRMUsage, aggregate_scores
 from ponder.models.types import BasePolicy, Completion, Message, Policy, Prompt, SamplingParams, TokenUsage
 
 if TYPE_CHECKING:
@@ -19,23 +19,37 @@ if TYPE_CHECKING:
     from ponder.models.openai_policy import OpenAIPolicy
 
 __all__ = [
+    "HFPRM",
     "PRM",
+    "BasePRM",
     "BasePolicy",
     "Completion",
+    "FunctionPRM",
     "HashingEmbedder",
+    "LLMJudgePRM",
     "LocalPolicy",
     "Message",
     "OpenAIPolicy",
+    "PRMUsage",
     "Policy",
     "Prompt",
     "SamplingParams",
     "ScriptedPolicy",
     "TokenUsage",
+    "ValueHeadPRM",
+    "VerifierPRM",
     "aggregate_scores",
 ]
 
 # Heavy backends import torch / openai: load them on first use only.
-_LAZY = {"LocalPolicy": "ponder.models.local", "OpenAIPolicy": "ponder.models.openai_policy"}
+_LAZY = {
+    "LocalPolicy": "ponder.models.local",
+    "OpenAIPolicy": "ponder.models.openai_policy",
+    "HFPRM": "ponder.models.prm_hf",
+    "ValueHeadPRM": "ponder.models.prm_value",
+    "VerifierPRM": "ponder.models.prm_oracle",
+    "LLMJudgePRM": "ponder.models.prm_oracle",
+}
 
 
 def __getattr__(name: str) -> Any:

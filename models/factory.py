@@ -9,12 +9,16 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from ponder.errors import UnknownName
+from ponder.errors import ConfigError, UnknownName
 from ponder.models.types import BasePolicy
 
-__all__ = ["POLICY_KINDS", "make_policy"]
+__all__ = ["POLICY_KINDS", "PRM_NAMES", "make_policy", "make_prm"]
+
+#: PRMs named rather than loaded from a folder
+PRM_NAMES = ("verifier", "judge", "none")
 
 POLICY_KINDS = ("local", "openai", "scripted")
 
@@ -43,3 +47,50 @@ def make_policy(
 
         return ScriptedPolicy(list(script), cycle=True)
     raise UnknownName.for_registry("policy", kind, POLICY_KINDS)
+
+
+def make_prm(spec: str | None, *, policy: Any = None, device: str = "auto", dtype: str = "auto") -> Any:
+    """The PRM a run asks for: None, ``"verifier"`` (resolved per task by the search actor),
+    ``"judge"`` (``LLMJudgePRM`` on ``policy``) or a folder (``HFPRM``, any supported format).
+
+    A ponder value-head PRM whose backbone is the local policy's model shares its weights.
+    """
+    if spec is None or spec == "none":
+        return None
+    if spec == "verifier":
+        return spec
+    if spec == "judge":
+        from ponder.models.prm_oracle import LLMJudgePRM
+
+        return LLMJudgePRM(policy)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise ConfigError(
+            f"PRM {spec!r} is neither a folder nor one of {', '.join(PRM_NAMES)}; "
+            "train one with 'ponder prm train' or pass --prm verifier"
+        )
+    if (path / "ponder_prm.json").is_file():
+        from ponder.models.prm_value import ValueHeadPRM
+
+        return ValueHeadPRM.load(path, device=device, dtype=dtype, backbone=_shared_backbone(path, policy))
+    from ponder.models.prm_hf import HFPRM
+
+    return HFPRM(path, device=device, dtype=dtype)
+
+
+def _shared_backbone(path: Path, policy: Any) -> Any:
+    """``policy`` when it is a LocalPolicy on the PRM's backbone (so the weights load once)."""
+    import json
+
+    meta = json.loads((path / "ponder_prm.json").read_text())
+    own = getattr(policy, "path", None)
+    if own is None or not hasattr(policy, "model"):
+        return None
+    backbone = meta.get("backbone")
+    from ponder.models.resolver import resolve_model
+
+    try:
+        wanted = resolve_model(None if backbone in (None, "default") else backbone)
+    except Exception:
+        return None
+    return policy if Path(wanted).resolve() == Path(own).resolve() else None

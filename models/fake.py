@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 
 from ponder.errors import ConfigError
-from ponder.models.types import BasePolicy, Completion, Prompt, SamplingParams, apply_stop
+from ponder.models.types import BasePolicy, Completion, Prompt, SamplingParams, apply_stop, first_stop
 
 __all__ = ["HashingEmbedder", "ScriptedPolicy", "count_tokens"]
 
@@ -105,12 +105,13 @@ def _next_reply(it: itertools.cycle[str] | object, total: int) -> str:
 
 
 def _complete(reply: str, prompt_tokens: int, params: SamplingParams) -> Completion:
+    matched = first_stop(reply, params.stop)
     text, _stopped = apply_stop(reply, params.stop)
     pieces = re.findall(r"\s*(?:\w+|[^\w\s])", text)
     finish = "stop"
     if len(pieces) > params.max_tokens:
-        text, finish = "".join(pieces[: params.max_tokens]), "length"
-    return Completion(text, prompt_tokens, min(len(pieces), params.max_tokens), finish)  # type: ignore[arg-type]
+        text, finish, matched = "".join(pieces[: params.max_tokens]), "length", None
+    return Completion(text, prompt_tokens, min(len(pieces), params.max_tokens), finish, stop_reason=matched)  # type: ignore[arg-type]
 
 
 class HashingEmbedder:

@@ -40,7 +40,7 @@ from typing import Any
 
 from ponder.errors import BackendError, ConfigError, DependencyNotInstalled
 from ponder.models.resolver import pick_device, pick_dtype, resolve_model
-from ponder.models.types import BasePolicy, Completion, Prompt, SamplingParams, apply_stop
+from ponder.models.types import BasePolicy, Completion, Prompt, SamplingParams, apply_stop, first_stop
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers reads it: never reach a hub
 
@@ -76,6 +76,8 @@ class LocalPolicy(BasePolicy):
             ``max_position_embeddings``. Completions are cut short ("length") to fit; a
             prompt that alone fills it is a ``ConfigError``.
         num_threads: if given, ``torch.set_num_threads`` (process-wide); else torch's default.
+        share_prompt_cache: compute a prompt's keys/values once for all its n samples (on by
+            default; off re-reads the prompt per sample, as plain batched generate does).
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class LocalPolicy(BasePolicy):
         max_batch_size: int = 32,
         max_context: int | None = None,
         num_threads: int | None = None,
+        share_prompt_cache: bool = True,
     ):
         super().__init__()
         if max_batch_size < 1:
@@ -100,6 +103,7 @@ class LocalPolicy(BasePolicy):
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.max_batch_size = max_batch_size
+        self.share_prompt_cache = share_prompt_cache
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
             # on the CPU, read the weights into memory: memory-mapped weights are file pages the
@@ -199,6 +203,32 @@ class LocalPolicy(BasePolicy):
             torch.manual_seed(seed)
             yield
 
+    def _shared_prefill(
+        self, batch: Sequence[list[int]], input_ids: torch.Tensor, attention: torch.Tensor
+    ) -> Any:
+        """Keys/values of each distinct prompt computed once and shared by its rows (the n samples).
+
+        Returns None when every row is distinct (or sharing is off): generate then reads the
+        prompts itself. The last prompt token is left to generate, which needs one input token.
+        """
+        if not self.share_prompt_cache or input_ids.shape[1] < 2:
+            return None
+        first: dict[tuple[int, ...], int] = {}
+        source = [first.setdefault(tuple(ids), i) for i, ids in enumerate(batch)]
+        if len(first) == len(batch):
+            return None
+        rows = torch.tensor(sorted(first.values()), device=self.device)
+        where = {r: k for k, r in enumerate(sorted(first.values()))}
+        mask = attention[rows, :-1]
+        # the positions generate would give these tokens under left padding
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        out = self.model(
+            input_ids=input_ids[rows, :-1], attention_mask=mask, position_ids=positions, use_cache=True
+        )
+        cache = out.past_key_values
+        cache.batch_select_indices(torch.tensor([where[s] for s in source], device=self.device))
+        return cache
+
     def _run(
         self, batch: Sequence[list[int]], budgets: list[int], params: SamplingParams
     ) -> list[Completion]:
@@ -210,6 +240,7 @@ class LocalPolicy(BasePolicy):
             input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long, device=self.device)
             attention[i, width - len(ids) :] = 1
         track = _Tracker(self.tokenizer, width, budgets, params.stop, self._eos_tensor)
+        past = self._shared_prefill(batch, input_ids, attention)
         sampling: dict[str, Any] = (
             {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
             if params.temperature > 0
@@ -220,6 +251,7 @@ class LocalPolicy(BasePolicy):
                 input_ids=input_ids,
                 attention_mask=attention,
                 max_new_tokens=max(budgets),
+                past_key_values=past,
                 pad_token_id=self._pad_id,
                 eos_token_id=self._eos_ids,
                 stopping_criteria=StoppingCriteriaList([_EndCriteria(track)]),
@@ -237,6 +269,7 @@ class LocalPolicy(BasePolicy):
         for i, ids in enumerate(batch):
             count = at[i] if why[i] != _OPEN else len(new[i])
             text = self.tokenizer.decode(new[i][:count], skip_special_tokens=True)
+            matched = first_stop(text, params.stop) if why[i] == _STOP else None
             if why[i] == _STOP:
                 text, _ = apply_stop(text, params.stop)
             completions.append(
@@ -246,6 +279,7 @@ class LocalPolicy(BasePolicy):
                     completion_tokens=count,
                     finish_reason="stop" if why[i] in (_EOS, _STOP) else "length",
                     logprobs=tuple(logprobs[i][:count]) if logprobs is not None else None,
+                    stop_reason=matched,
                 )
             )
         return completions

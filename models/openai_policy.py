@@ -71,7 +71,15 @@ from typing import Any
 
 from ponder.errors import BackendError, ConfigError, DependencyNotInstalled, PonderError
 from ponder.models.fake import count_tokens
-from ponder.models.types import BasePolicy, Completion, Prompt, SamplingParams, apply_stop, check_prompts
+from ponder.models.types import (
+    BasePolicy,
+    Completion,
+    Prompt,
+    SamplingParams,
+    apply_stop,
+    check_prompts,
+    first_stop,
+)
 
 try:
     import openai
@@ -405,7 +413,11 @@ class OpenAIPolicy(BasePolicy):
             else:
                 text = c.text or ""
                 tokens, lps = _completion_logprobs(c.logprobs)
-            choices.append(_Choice(text, c.finish_reason, tokens, lps))
+            choice = _Choice(text, c.finish_reason, tokens, lps)
+            # vLLM says which stop string ended a choice in stop_reason, SGLang in matched_stop
+            said = getattr(c, "stop_reason", None) or getattr(c, "matched_stop", None)
+            choice.stop_reason = said if isinstance(said, str) and said in params.stop else None
+            choices.append(choice)
         usage = getattr(resp, "usage", None)
         p_tok = getattr(usage, "prompt_tokens", None) if usage is not None else None
         c_tok = getattr(usage, "completion_tokens", None) if usage is not None else None
@@ -424,12 +436,13 @@ class OpenAIPolicy(BasePolicy):
             )
         out = []
         for c in choices[: params.n]:
+            matched = first_stop(c.text, params.stop) or c.stop_reason
             text, cut = apply_stop(c.text, params.stop)
             finish = "stop" if cut or c.finish_reason != "length" else "length"
             lps = None
             if params.logprobs and c.logprobs is not None:
                 lps = tuple(_cut_logprobs(c.tokens, c.logprobs, c.text, len(text)) if cut else c.logprobs)
-            out.append(Completion(text, prompt_tokens, c.completion_tokens, finish, lps))  # type: ignore[arg-type]
+            out.append(Completion(text, prompt_tokens, c.completion_tokens, finish, lps, matched))  # type: ignore[arg-type]
         return out
 
     # -- errors ---------------------------------------------------------------------------
@@ -505,7 +518,7 @@ class _SyncHttpClient(openai.DefaultHttpxClient):  # type: ignore[misc,valid-typ
 class _Choice:
     """One parsed choice, before stop strings and accounting are applied."""
 
-    __slots__ = ("completion_tokens", "finish_reason", "logprobs", "text", "tokens")
+    __slots__ = ("completion_tokens", "finish_reason", "logprobs", "stop_reason", "text", "tokens")
 
     def __init__(
         self, text: str, finish_reason: str | None, tokens: list[str] | None, logprobs: list[float] | None
@@ -515,6 +528,7 @@ class _Choice:
         self.tokens = tokens
         self.logprobs = logprobs
         self.completion_tokens = 0
+        self.stop_reason: str | None = None
 
 
 def _check_stop(params: SamplingParams) -> None:

@@ -12,12 +12,15 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 from ponder.errors import ConfigError
 
-__all__ = ["PRM", "Aggregation", "aggregate_scores"]
+__all__ = ["PRM", "Aggregation", "BasePRM", "FunctionPRM", "PRMUsage", "aggregate_scores"]
 
 Aggregation = Literal["last", "min", "prod", "mean"]
 
@@ -44,3 +47,68 @@ def aggregate_scores(scores: Sequence[float], how: Aggregation = "last") -> floa
     if how == "mean":
         return float(sum(scores) / len(scores))
     raise ConfigError(f"unknown aggregation {how!r}; use last, min, prod or mean")
+
+
+@dataclass
+class PRMUsage:
+    """What a PRM has read: ``calls`` to ``score`` and ``tokens`` run through the model.
+
+    A PRM that scores a new step from cached keys/values of its prefix counts only the new
+    tokens, so search budgets see the saving.
+    """
+
+    calls: int = 0
+    tokens: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def record(self, tokens: int) -> None:
+        with self._lock:
+            self.calls += 1
+            self.tokens += int(tokens)
+
+
+class BasePRM(ABC):
+    """Validates input, counts usage; subclasses implement ``_score``.
+
+    ``steps`` is a batch of candidate solutions to one question, each a list of steps; the
+    result has one score in [0, 1] per step.
+    """
+
+    name: str = "prm"
+
+    def __init__(self) -> None:
+        self.usage = PRMUsage()
+
+    def score(self, question: str, steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        if isinstance(steps, str) or any(isinstance(c, str) for c in steps):
+            raise ConfigError("PRM.score takes a list of candidates, each a list of step strings")
+        if not steps:
+            return []
+        scores, tokens = self._score(question, [list(c) for c in steps])
+        self.usage.record(tokens)
+        if [len(s) for s in scores] != [len(c) for c in steps]:
+            raise ConfigError(f"{self.name} returned scores that do not match the steps given")
+        return scores
+
+    @abstractmethod
+    def _score(self, question: str, steps: list[list[str]]) -> tuple[list[list[float]], int]:
+        """Scores per step, and how many tokens were read to get them."""
+
+
+class FunctionPRM(BasePRM):
+    """A rule as a PRM: ``fn(question, steps_so_far) -> score`` for each step (tests, oracles).
+
+    Example:
+        >>> prm = FunctionPRM(lambda q, steps: 1.0 if "5" in steps[-1] else 0.2)
+        >>> prm.score("2 + 3?", [["2 + 3 = 5"], ["2 + 3 = 6", "Answer: 5"]])
+        [[1.0], [0.2, 1.0]]
+    """
+
+    def __init__(self, fn: Callable[[str, list[str]], float], name: str = "function-prm"):
+        super().__init__()
+        self.fn = fn
+        self.name = name
+
+    def _score(self, question: str, steps: list[list[str]]) -> tuple[list[list[float]], int]:
+        out = [[float(self.fn(question, c[: i + 1])) for i in range(len(c))] for c in steps]
+        return out, sum(len(s.split()) for c in steps for s in c)

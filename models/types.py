@@ -138,6 +138,9 @@ class Completion:
     completion_tokens: int
     finish_reason: FinishReason = "stop"
     logprobs: tuple[float, ...] | None = None
+    #: the stop string that ended the text (None: end of sequence, length, or a server that
+    #: does not say); step-level search reads "ended at the step separator" from it
+    stop_reason: str | None = None
 
 
 @dataclass
@@ -227,6 +230,17 @@ def check_prompts(prompts: Sequence[Prompt] | Prompt) -> list[Prompt]:
                 f"generate() got {type(p).__name__}, not a Prompt; build one with Prompt.user('...')"
             )
     return out
+
+
+def first_stop(text: str, stop: Sequence[str]) -> str | None:
+    """The stop string that occurs first in ``text`` (the longest on a tie), or None.
+
+    Example:
+        >>> first_stop("a.\\n\\nb", ["\\n\\n", "."])
+        '.'
+    """
+    found = [(i, -len(s), s) for s in stop if (i := text.find(s)) >= 0]
+    return min(found)[2] if found else None
 
 
 def apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:

@@ -74,6 +74,22 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--memory-modes", help="experiential,reflective,concept (any of them, or none); default none"
     )
+    s = p.add_argument_group("search (--agent search, or --actor-search with reflexion/retry)")
+    s.add_argument("--algorithm", help="search algorithm (see 'ponder agents'); default beam")
+    s.add_argument("--n", type=int, help="search width: samples, or beams x samples per beam (default 8)")
+    s.add_argument("--prm", help="PRM folder (e.g. from 'ponder prm train'), verifier (oracle) or judge")
+    s.add_argument("--actor-search", help="make each reflexion/retry attempt a search with this algorithm")
+    s.add_argument("--search-tokens", type=int, help="generated tokens per search at most")
+    s.add_argument(
+        "--search-arg",
+        action="append",
+        type=_kv,
+        default=[],
+        metavar="KEY=VALUE",
+        help="algorithm option, e.g. --search-arg beam_width=4 (repeatable)",
+    )
+    s.add_argument("--step-tokens", type=int, help="new tokens per search step (default 48)")
+    s.add_argument("--max-steps", type=int, help="steps per searched solution at most (default 8)")
     p.add_argument("--script", action="append", help="a reply of the scripted policy (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run directory NAME")
     p.add_argument("--no-progress", action="store_true")
@@ -104,10 +120,19 @@ def _config_from_args(a: argparse.Namespace) -> Any:
         "embedder": a.embedder,
         "memory_modes": a.memory_modes,
         "script": tuple(a.script) if a.script else None,
+        "algorithm": a.algorithm,
+        "n": a.n,
+        "prm": a.prm,
+        "actor_search": a.actor_search,
+        "search_tokens": a.search_tokens,
+        "step_tokens": a.step_tokens,
+        "max_steps": a.max_steps,
     }
     given = {k: v for k, v in flags.items() if v is not None}
     if a.env_arg:
         given["env_kwargs"] = {**data.get("env_kwargs", {}), **dict(a.env_arg)}
+    if a.search_arg:
+        given["search_options"] = {**data.get("search_options", {}), **dict(a.search_arg)}
     if a.resume:
         # resume what the run directory holds; flags given now must agree with it (the runner checks)
         probe = RunConfig.from_dict({**data, **given})
@@ -199,11 +224,17 @@ def cmd_envs(a: argparse.Namespace) -> int:
 
 def cmd_agents(a: argparse.Namespace) -> int:
     from ponder.agents import AGENT_DESCRIPTIONS, AGENTS
+    from ponder.search import ALGORITHMS, NO_PRM
 
     t = Table("agent", "description")
     for name in sorted(AGENTS):
         t.add_row(name, AGENT_DESCRIPTIONS.get(name, ""))
     console.print(t)
+    s = Table("search algorithm (--algorithm, --actor-search)", "needs --prm", "description")
+    for name, fn in ALGORITHMS.items():
+        doc = (fn.__doc__ or "").strip().splitlines()
+        s.add_row(name, "no" if name in NO_PRM else "yes", doc[0].replace("``", "") if doc else "")
+    console.print(s)
     return 0
 
 
@@ -246,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # the CLI draws its own progress; model-loading bars would only interleave with it
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # imported before the variable was set: tell it directly
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"

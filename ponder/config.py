@@ -56,6 +56,17 @@ class RunConfig:
             nothing from it; opt in, since recalled text can also mislead a small model.
         resume: continue an existing run directory.
         script: replies of the ``scripted`` policy.
+        algorithm: the search algorithm of the ``search`` agent and of ``actor_search``
+            (``ponder.search.ALGORITHMS``: beam, dvts, best_of_n, weighted_best_of_n, majority, ...).
+        n: the search width (samples, or beams x samples per beam).
+        prm: a PRM folder (``ponder prm train`` writes one; Math-Shepherd and Qwen2.5-Math-PRM
+            folders load too), ``verifier`` (the env's verifier: an oracle), ``judge`` (the
+            policy grades steps in words) or None.
+        actor_search: make each Reflexion/retry attempt a search with this algorithm.
+        search_tokens: generated tokens per search at most (None: the algorithm's own bound).
+        search_options: the algorithm's options, e.g. ``{beam_width: 4}``.
+        step_tokens: new tokens per search step.
+        max_steps: steps per searched solution at most.
     """
 
     agent: str = "reflexion"
@@ -80,9 +91,25 @@ class RunConfig:
     memory_modes: tuple[str, ...] = ()
     resume: bool = False
     script: tuple[str, ...] = ()
+    algorithm: str = "beam"
+    n: int = 8
+    prm: str | None = None
+    actor_search: str | None = None
+    search_tokens: int | None = None
+    search_options: dict[str, Any] = field(default_factory=dict)
+    step_tokens: int = 48
+    max_steps: int = 8
 
     def __post_init__(self) -> None:
-        for key, lo in (("tasks", 1), ("trials", 1), ("concurrency", 1), ("max_tokens", 1)):
+        for key, lo in (
+            ("tasks", 1),
+            ("trials", 1),
+            ("concurrency", 1),
+            ("max_tokens", 1),
+            ("n", 1),
+            ("step_tokens", 1),
+            ("max_steps", 1),
+        ):
             if getattr(self, key) < lo:
                 raise ConfigError(f"{key} must be >= {lo}, got {getattr(self, key)}")
         if self.policy not in ("local", "openai", "scripted"):
@@ -97,6 +124,15 @@ class RunConfig:
             raise ConfigError("pass --memory DIR or --memory-url URL, not both")
         if not isinstance(self.env_kwargs, dict):
             raise ConfigError("env_kwargs must be a mapping, e.g. {level: 2}")
+        if not isinstance(self.search_options, dict):
+            raise ConfigError("search_options must be a mapping, e.g. {beam_width: 4}")
+        if self.search_tokens is not None and self.search_tokens < 1:
+            raise ConfigError(f"search_tokens must be >= 1, got {self.search_tokens}")
+        if self.actor_search and self.agent not in ("reflexion", "retry"):
+            raise ConfigError(
+                f"actor_search applies to the reflexion and retry agents, not {self.agent!r}; "
+                "use --agent search --algorithm NAME to search alone"
+            )
         object.__setattr__(self, "script", tuple(self.script))
         from ponder.agents.memory_nodes import parse_memory_modes
 

@@ -90,6 +90,14 @@ DEFINING = (
     "embedder",
     "memory_modes",
     "script",
+    "algorithm",
+    "n",
+    "prm",
+    "actor_search",
+    "search_tokens",
+    "search_options",
+    "step_tokens",
+    "max_steps",
 )
 
 
@@ -146,6 +154,7 @@ def run(
     if cfg.agent not in AGENTS:
         raise UnknownName.for_registry("agent", cfg.agent, AGENTS)
     spec(cfg.env)  # fail on an unknown env before anything is written
+    check_search(cfg)
     cfg = _prepare_dir(cfg)
     probe = make_env_for(cfg)
     task_ids = probe.task_ids()[: cfg.tasks]
@@ -170,10 +179,9 @@ def run(
         graph = AGENTS[cfg.agent](
             policy,
             memory=memory if cfg.agent in USES_MEMORY else None,
-            memory_modes=cfg.memory_modes,
             max_trials=cfg.trials,
-            params=SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature),
             checkpointer=SqliteSaver(conn),
+            **agent_options(cfg, policy),
         )
         todo = [t for t in task_ids if _episode_id(t, cfg.seed) not in episodes]
 
@@ -192,6 +200,51 @@ def run(
     return RunResult(cfg.run_dir, all_eps, summary, report, plot)
 
 
+def check_search(cfg: RunConfig) -> None:
+    """Refuse a search setting that cannot work, before anything is written or loaded."""
+    if cfg.agent != "search" and not cfg.actor_search:
+        return
+    from ponder.agents.search_agent import SearchActor
+    from ponder.models.factory import PRM_NAMES
+
+    if cfg.prm not in (None, *PRM_NAMES) and not Path(cfg.prm).expanduser().exists():
+        raise ConfigError(
+            f"PRM {cfg.prm!r} is neither a folder nor one of {', '.join(PRM_NAMES)}; "
+            "train one with 'ponder prm train' or pass --prm verifier"
+        )
+    prm = None if cfg.prm in (None, "none") else "verifier"  # stands in for any PRM here
+    SearchActor(
+        _NoPolicy(), prm, algorithm=cfg.actor_search or cfg.algorithm, n=cfg.n, budget=cfg.search_tokens
+    )
+
+
+class _NoPolicy:
+    name = "none"
+
+
+def agent_options(cfg: RunConfig, policy: Policy) -> dict[str, Any]:
+    """The agent factory's own keyword arguments for ``cfg`` (search, memory modes, sampling)."""
+    params = SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature)
+    if cfg.agent != "search" and not cfg.actor_search:
+        return {"params": params, "memory_modes": cfg.memory_modes}
+    from ponder.agents.search_agent import SearchActor
+    from ponder.models.factory import make_prm
+
+    prm = make_prm(cfg.prm, policy=policy, device=cfg.device, dtype=cfg.dtype)
+    step = SamplingParams(max_tokens=cfg.step_tokens, temperature=cfg.temperature)
+    search = {
+        "algorithm": cfg.actor_search or cfg.algorithm,
+        "n": cfg.n,
+        "options": dict(cfg.search_options),
+        "budget": cfg.search_tokens,
+        "max_steps": cfg.max_steps,
+    }
+    if cfg.agent == "search":
+        return {"prm": prm, "params": step, **search}
+    actor = SearchActor(policy, prm, step_params=step, **search)
+    return {"params": params, "memory_modes": cfg.memory_modes, "actor_search": actor}
+
+
 def _episode_id(task_id: str, seed: int) -> str:
     return f"{task_id}#seed{seed}"
 
@@ -200,7 +253,9 @@ def _run_episode(graph: Any, cfg: RunConfig, task_id: str, policy: Policy) -> di
     episode_id = _episode_id(task_id, cfg.seed)
     env = make_env_for(cfg)
     try:
-        ctx = AgentContext(env=env, seed=cfg.seed, run_id=cfg.run_name, episode_id=episode_id)
+        ctx = AgentContext(
+            env=env, seed=cfg.seed, run_id=cfg.run_name, episode_id=episode_id, artifacts=cfg.run_dir
+        )
         config = {"configurable": {"thread_id": episode_id}, "recursion_limit": 8 + 4 * cfg.trials}
         t0 = time.perf_counter()
         snapshot = graph.get_state(config)
@@ -249,6 +304,7 @@ def _episode_record(
         "trials": trials,
         "prompt_tokens": int(final.get("prompt_tokens", 0)),
         "completion_tokens": int(final.get("completion_tokens", 0)),
+        **({"searches": list(final["searches"])} if final.get("searches") else {}),
         "seconds": round(seconds, 3),
         "resumed": resumed,
     }

@@ -1,15 +1,83 @@
 """Search over candidate solutions (``ponder.search``).
 
-One file per algorithm, one signature, one registry: ``ALGORITHMS`` maps a name to its
-function. This release ships self-consistency (majority vote); PRM-guided best-of-N,
-beam, DVTS and MCTS plug into the same registry.
+One file per algorithm, one signature, one registry: every algorithm is
+``fn(problem, *, n=8, **options) -> SearchResult`` and ``ALGORITHMS`` maps its name to it.
+
+==================  ===========================================================================
+majority            self-consistency: N whole solutions, the most frequent answer (no PRM)
+best_of_n           N whole solutions, the highest aggregated PRM score
+weighted_best_of_n  N whole solutions, PRM scores summed per answer
+beam                step-level beam search, N samples per depth, N/M beams kept
+dvts                N/M independent greedy subtrees of width M
+mcts                UCT selection, PRM evaluation, backpropagation
+lats                MCTS + environment reward + self-reflection on failures
+tot_bfs             Tree of Thoughts, breadth-first: n proposals per state, b states kept
+tot_dfs             Tree of Thoughts, depth-first with a value threshold and backtracking
+==================  ===========================================================================
 
 Example:
-    >>> from ponder.search import majority_vote
+    >>> from ponder.search import ALGORITHMS, majority_vote
+    >>> sorted(ALGORITHMS)[:3]
+    ['beam', 'best_of_n', 'dvts']
     >>> majority_vote(["4", "5", "4"])
     '4'
 """
 
-from ponder.search.self_consistency import ALGORITHMS, majority_vote, self_consistency
+from ponder.errors import UnknownName
+from ponder.search.base import SearchAlgorithm, SearchProblem, SearchResult
+from ponder.search.beam import beam_search
+from ponder.search.best_of_n import best_of_n, weighted_best_of_n
+from ponder.search.budget import Budget
+from ponder.search.dvts import dvts
+from ponder.search.lats import lats
+from ponder.search.mcts import mcts
+from ponder.search.self_consistency import majority, majority_vote, self_consistency
+from ponder.search.tot import tot_bfs, tot_dfs
+from ponder.search.tree import SearchTree
 
-__all__ = ["ALGORITHMS", "majority_vote", "self_consistency"]
+__all__ = [
+    "ALGORITHMS",
+    "NO_PRM",
+    "Budget",
+    "SearchAlgorithm",
+    "SearchProblem",
+    "SearchResult",
+    "SearchTree",
+    "algorithm",
+    "beam_search",
+    "best_of_n",
+    "dvts",
+    "lats",
+    "majority",
+    "majority_vote",
+    "mcts",
+    "self_consistency",
+    "tot_bfs",
+    "tot_dfs",
+    "weighted_best_of_n",
+]
+
+#: name -> search function, all with the signature ``fn(problem, *, n=8, **options)``
+ALGORITHMS: dict[str, SearchAlgorithm] = {
+    "majority": majority,
+    "best_of_n": best_of_n,
+    "weighted_best_of_n": weighted_best_of_n,
+    "beam": beam_search,
+    "dvts": dvts,
+    "mcts": mcts,
+    "lats": lats,
+    "tot_bfs": tot_bfs,
+    "tot_dfs": tot_dfs,
+}
+
+
+def algorithm(name: str) -> SearchAlgorithm:
+    """The search function registered as ``name``."""
+    try:
+        return ALGORITHMS[name]
+    except KeyError:
+        raise UnknownName.for_registry("search", name, ALGORITHMS) from None
+
+
+#: algorithms that work without a PRM (every other one needs ``prm=``)
+NO_PRM: frozenset[str] = frozenset({"majority", "self_consistency"})

@@ -1,7 +1,18 @@
-"""Self-consistency: sample several answers, return the most common one.
+"""Self-consistency (majority vote): sample N whole solutions, return the most common answer.
+
+Wang et al. 2022 (arXiv 2203.11171): sample several reasoning paths and marginalise them out
+by voting on the final answer. No PRM is needed (``problem.prm`` may be None); the N
+solutions come from one ``problem.complete(n)`` call and become chains under the root.
 
 Example:
-    >>> from ponder.search import majority_vote
+    >>> from ponder.models import ScriptedPolicy
+    >>> from ponder.models.types import Prompt
+    >>> from ponder.search.base import SearchProblem
+    >>> replies = ["2 + 3 = 6.\\n\\nAnswer: 6", "2 + 3 = 5.\\n\\nAnswer: 5", "So 5.\\n\\nAnswer: 5"]
+    >>> problem = SearchProblem(Prompt.user("What is 2 + 3?"), ScriptedPolicy(replies, cycle=True))
+    >>> result = majority(problem, n=3)
+    >>> result.answer, len(result.candidates)
+    ('5', 3)
     >>> majority_vote(["Answer: 4", "Answer: 5", "4"], key=lambda s: s.split()[-1])
     'Answer: 4'
 """
@@ -12,9 +23,10 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ponder.models.types import Policy, Prompt, SamplingParams
+from ponder.search.base import SearchProblem, SearchResult, finish
+from ponder.search.best_of_n import candidate, check_options, check_positive, choose, sample_solutions
 
-__all__ = ["ALGORITHMS", "majority_vote", "self_consistency"]
+__all__ = ["majority", "majority_vote", "self_consistency"]
 
 
 def majority_vote(candidates: Sequence[str], key: Callable[[str], Any] = lambda s: s.strip()) -> str | None:
@@ -33,35 +45,18 @@ def majority_vote(candidates: Sequence[str], key: Callable[[str], Any] = lambda 
     return None  # unreachable: some key has the best count
 
 
-def self_consistency(
-    policy: Policy,
-    prompt: Prompt,
-    *,
-    n: int = 8,
-    params: SamplingParams | None = None,
-    key: Callable[[str], Any] = lambda s: s.strip(),
-) -> dict[str, Any]:
-    """Sample ``n`` completions in one batched call and vote.
+def majority(problem: SearchProblem, *, n: int = 8, **options: Any) -> SearchResult:
+    """The first sampled solution whose answer (``problem.answer``) is the most frequent.
 
-    Returns ``{"answer", "candidates", "completion_tokens"}``.
+    The PRM is not used. Options: none.
     """
-    base = params or SamplingParams(temperature=0.7)
-    p = SamplingParams(
-        n=n,
-        max_tokens=base.max_tokens,
-        temperature=base.temperature or 0.7,
-        top_p=base.top_p,
-        stop=base.stop,
-        seed=base.seed,
-    )
-    row = policy.generate([prompt], p)[0]
-    texts = [c.text for c in row]
-    return {
-        "answer": majority_vote(texts, key),
-        "candidates": texts,
-        "completion_tokens": sum(c.completion_tokens for c in row),
-    }
+    check_options("majority", options, ())
+    check_positive(n=n)
+    tree, leaves = sample_solutions(problem, n)
+    # no PRM: every score is None, so among the winning answer's solutions the earliest is chosen
+    candidates = [candidate(problem, tree, leaf) for leaf in leaves]
+    return finish(problem, tree, choose(candidates, "majority"), "majority", candidates)
 
 
-#: name -> search function; every algorithm registers here.
-ALGORITHMS: dict[str, Callable[..., dict[str, Any]]] = {"self_consistency": self_consistency}
+#: the name self-consistency is known by in the literature
+self_consistency = majority

@@ -68,7 +68,9 @@ def test_reflective_mode_reflects_at_episode_end_and_recalls_for_similar_tasks(t
     seen = []
 
     def wrong(prompt):
-        seen.append(prompt.messages[-1].content if "Diagnose" in prompt.messages[0].content else _text(prompt))
+        seen.append(
+            prompt.messages[-1].content if "Diagnose" in prompt.messages[0].content else _text(prompt)
+        )
         if "Diagnose" in prompt.messages[0].content:
             return "I must add the ones digits first."
         return "Answer: 0"

@@ -107,7 +107,10 @@ def test_lines_that_are_not_operations_are_ignored_silently(line):
         ("DOWNVOTE 0", "rule 0 does not exist"),
         # scaffolding a 135M model echoed back as rules (seen in bench/memory_modes.py)
         ("ADD: 1.11.1.2.1.2", "echo of the list numbering"),
-        ('ADD: 1.11.1.2: This is a new rule that is added to the existing rules.', "echo of the list numbering"),
+        (
+            "ADD: 1.11.1.2: This is a new rule that is added to the existing rules.",
+            "echo of the list numbering",
+        ),
         ("ADD: [the rule that is the new rule]", "placeholder"),
         ("ADD: 42", "too few words"),
         ("EDIT 1: Add the rules in a single line of text, adding to the previous response.", "rule list"),

@@ -1,0 +1,283 @@
+"""PRM-guided search as an agent, and as the actor inside Reflexion.
+
+``build_search_agent`` answers each task by a search (``ponder.search.ALGORITHMS``: beam,
+DVTS, best-of-N, MCTS, LATS, ...) instead of one sample; the environment grades the answer
+the search chose. With ``max_trials > 1`` a failed search is searched again with a new seed.
+
+``SearchActor`` is the piece both this agent and Reflexion (``--actor-search``) use: it runs
+one search on a prompt, saves the tree the search explored next to the run (JSON, and a PNG
+for the first episodes), and returns the chosen solution with what it cost.
+
+::
+
+    observe -> search -> evaluate --success or last trial--> END
+                  ^          |
+                  +----------+
+
+Example:
+    >>> from ponder.agents import AgentContext
+    >>> from ponder.environments import make
+    >>> from ponder.models import FunctionPRM, ScriptedPolicy
+    >>> env = make("math", level=1, num_tasks=1, seed=0)          # What is 9 + 4?
+    >>> policy = ScriptedPolicy(["9 + 4 = 13.\\n\\nAnswer: 13", "9 + 4 = 12.\\n\\nAnswer: 12"], cycle=True)
+    >>> prm = FunctionPRM(lambda q, steps: 0.9 if "13" in steps[-1] else 0.1)
+    >>> graph = build_search_agent(policy, prm, algorithm="best_of_n", n=4)
+    >>> out = graph.invoke({"task_id": "math/L1/0"}, context=AgentContext(env=env))
+    >>> out["success"], out["searches"][0]["answer"]
+    (True, '13')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+
+from ponder.agents.state import AgentContext, EpisodeState
+from ponder.errors import ConfigError, UnknownName
+from ponder.models.types import Policy, Prompt, SamplingParams
+
+__all__ = ["SearchActor", "build_search_agent"]
+
+log = logging.getLogger(__name__)
+
+#: a PRM, a name the actor resolves per task ("verifier"), or None
+PRMSpec = Any
+
+
+@dataclass
+class SearchActor:
+    """Runs one search per attempt and keeps its tree.
+
+    Attributes:
+        policy: generates the steps.
+        prm: a PRM, ``"verifier"`` (the env's verifier as outcome reward, per task: an oracle
+            for comparisons) or None (algorithms that need no PRM, e.g. ``majority``).
+        algorithm: a name in ``ponder.search.ALGORITHMS``.
+        n: the algorithm's width (samples, beams x width, ...).
+        options: extra keyword options of the algorithm (``beam_width``, ``iterations``, ...).
+        budget: generated tokens per search at most (None: the algorithm's own bound).
+        step_params: sampling per step (``max_tokens`` is per step).
+        max_steps: steps per solution at most.
+        separator: between steps.
+        draw_trees: episodes (the first ones) whose trees are also drawn to PNG.
+    """
+
+    policy: Policy
+    prm: PRMSpec = None
+    algorithm: str = "beam"
+    n: int = 8
+    options: Mapping[str, Any] = field(default_factory=dict)
+    budget: int | None = None
+    step_params: SamplingParams = field(
+        default_factory=lambda: SamplingParams(max_tokens=48, temperature=0.8)
+    )
+    max_steps: int = 8
+    separator: str = "\n\n"
+    draw_trees: int = 3
+    _drawn: int = field(default=0, repr=False)
+
+    def __post_init__(self) -> None:
+        from ponder.search import ALGORITHMS, NO_PRM
+
+        if self.algorithm not in ALGORITHMS:
+            raise UnknownName.for_registry("search algorithm", self.algorithm, ALGORITHMS)
+        if self.n < 1:
+            raise ConfigError(f"n must be >= 1, got {self.n}")
+        if self.prm is None and self.algorithm not in NO_PRM:
+            raise ConfigError(
+                f"search algorithm {self.algorithm!r} needs a PRM; pass --prm PATH (from 'ponder prm "
+                "train'), --prm verifier (oracle) or --prm judge, or use --algorithm majority"
+            )
+        if self.budget is not None and self.budget < 1:
+            raise ConfigError(f"the search budget must be >= 1 generated tokens, got {self.budget}")
+
+    def search(
+        self,
+        env: Any,
+        task_id: str,
+        prompt: Prompt,
+        question: str,
+        *,
+        seed: int,
+        ctx: AgentContext,
+        trial: int,
+    ) -> tuple[str, dict[str, Any]]:
+        """Search on ``prompt``; returns the chosen solution text and a summary for the episode log."""
+        from ponder.search import ALGORITHMS
+        from ponder.search.base import SearchProblem
+        from ponder.search.budget import Budget
+
+        def evaluate(solution: str) -> tuple[bool, str]:
+            env.reset(seed=ctx.seed, options={"task_id": task_id})
+            _, _, _, _, info = env.step(solution)
+            return bool(info.get("success")), str(info.get("feedback", ""))
+
+        problem = SearchProblem(
+            prompt,
+            self.policy,
+            self._prm_for(evaluate),
+            question=question,
+            params=self.step_params,
+            separator=self.separator,
+            max_steps=self.max_steps,
+            answer_of=env.answer_key,
+            budget=Budget(max_generated_tokens=self.budget),
+            seed=seed,
+            evaluate=evaluate,
+        )
+        result = ALGORITHMS[self.algorithm](problem, n=self.n, **dict(self.options))
+        summary = {
+            "trial": trial,
+            "algorithm": self.algorithm,
+            "n": self.n,
+            "answer": result.answer,
+            "score": result.score,
+            "budget": result.budget,
+            "candidates": len(result.candidates),
+            "nodes": len(result.tree),
+        }
+        if ctx.artifacts is not None:
+            stem = f"{_safe(ctx.episode_id or task_id)}-t{trial}"
+            summary["tree"] = str(result.tree.save(Path(ctx.artifacts) / "trees" / f"{stem}.json"))
+            if self._drawn < self.draw_trees:
+                self._drawn += 1
+                try:
+                    summary["tree_png"] = str(result.tree.draw(Path(ctx.artifacts) / "trees" / f"{stem}.png"))
+                except Exception as e:  # a drawing problem must not lose the episode
+                    log.warning("could not draw the search tree of %s: %s", stem, e)
+        return result.text, summary
+
+    def _prm_for(self, evaluate: Callable[[str], tuple[bool, str]]) -> Any:
+        if isinstance(self.prm, str):
+            if self.prm == "verifier":
+                from ponder.models.prm_oracle import VerifierPRM
+
+                return VerifierPRM(evaluate)
+            raise ConfigError(f"unknown PRM name {self.prm!r}; pass a PRM object, 'verifier' or None")
+        return self.prm
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def build_search_agent(
+    policy: Policy,
+    prm: PRMSpec = None,
+    *,
+    algorithm: str = "beam",
+    n: int = 8,
+    budget: int | None = None,
+    options: Mapping[str, Any] | None = None,
+    max_trials: int = 1,
+    params: SamplingParams | None = None,
+    max_steps: int = 8,
+    separator: str = "\n\n",
+    memory: Any = None,
+    checkpointer: Any = None,
+) -> Any:
+    """A compiled graph that answers each task with a PRM-guided search.
+
+    Args:
+        policy: any ``ponder.models.Policy``.
+        prm: a PRM (``ponder.models.HFPRM(path)``, ``ValueHeadPRM``, ``LLMJudgePRM``...),
+            ``"verifier"`` (oracle) or None for PRM-free algorithms.
+        algorithm: a name in ``ponder.search.ALGORITHMS``.
+        n: the search width.
+        budget: generated tokens per search at most.
+        options: the algorithm's own options, e.g. ``{"beam_width": 4}``.
+        max_trials: searches per task; a failed one is searched again with a new seed.
+        params: sampling per step (``max_tokens`` per step).
+        max_steps: steps per solution at most.
+        separator: between steps.
+        memory: accepted for a uniform agent signature; not used.
+
+    Invoke with ``{"task_id": ...}`` and ``context=AgentContext(env=...)``; set
+    ``AgentContext.artifacts`` to a directory to keep every search tree (``trees/*.json``).
+    """
+    from ponder.agents.reflexion import evaluate_attempt, route_after_evaluate, trial_seed
+    from ponder.search.prompts import step_prompt
+
+    if max_trials < 1:
+        raise ConfigError(f"max_trials must be >= 1, got {max_trials}")
+    actor = SearchActor(
+        policy,
+        prm,
+        algorithm=algorithm,
+        n=n,
+        options=dict(options or {}),
+        budget=budget,
+        step_params=params or SamplingParams(max_tokens=48, temperature=0.8),
+        max_steps=max_steps,
+        separator=separator,
+    )
+
+    def observe(state: EpisodeState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+        env = runtime.context.env
+        if not env.single_step:
+            raise ConfigError(f"search grades one answer per trial, but env {env.name!r} is multi-step")
+        obs, _ = env.reset(seed=runtime.context.seed, options={"task_id": state["task_id"]})
+        return {"observation": obs, "task_text": env.task_text(obs), "success": False}
+
+    def search(state: EpisodeState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+        ctx, task_id = runtime.context, state["task_id"]
+        trial = len(state.get("trials", []))
+        prompt = step_prompt(ctx.env, task_id, state["observation"], separator)
+        text, summary = actor.search(
+            ctx.env,
+            task_id,
+            prompt,
+            state.get("task_text") or state["observation"],
+            seed=trial_seed(ctx.seed, task_id, trial),
+            ctx=ctx,
+            trial=trial,
+        )
+        spent = summary["budget"]
+        tokens = (spent["prompt_tokens"], spent["generated_tokens"])
+        return {
+            "attempt": text,
+            "attempt_tokens": tokens,
+            "prompt_tokens": tokens[0],
+            "completion_tokens": tokens[1],
+            "searches": [summary],
+        }
+
+    def route(state: EpisodeState) -> Literal["end", "search"]:
+        return (
+            "end" if route_after_evaluate(state, max_trials=max_trials, reflect=False) == "end" else "search"
+        )
+
+    g = StateGraph(EpisodeState, context_schema=AgentContext)
+    g.add_node("observe", observe)
+    g.add_node("search", search)
+    g.add_node("evaluate", evaluate_attempt)
+    g.add_edge(START, "observe")
+    g.add_edge("observe", "search")
+    g.add_edge("search", "evaluate")
+    g.add_conditional_edges("evaluate", route, {"end": END, "search": "search"})
+    return g.compile(checkpointer=checkpointer, name="search")
+
+
+def actor_prompt_for_search(prompt: Prompt, env: Any, task_id: str, separator: str) -> Prompt:
+    """Reflexion's actor prompt turned into a step-by-step one: the step system message, and the
+    env's worked examples written as steps in place of the plain ones."""
+    from ponder.search.prompts import STEP_SYSTEM
+
+    plain = {q: a for q, a in env.examples_for(task_id)}
+    steps = dict(env.step_examples(task_id, separator))
+    msgs = list(prompt.messages)
+    if msgs and msgs[0].role == "system":
+        msgs[0] = dataclasses.replace(msgs[0], content=STEP_SYSTEM)
+    for i in range(1, len(msgs)):
+        prev = msgs[i - 1]
+        if msgs[i].role == "assistant" and prev.role == "user" and plain.get(prev.content) == msgs[i].content:
+            msgs[i] = dataclasses.replace(msgs[i], content=steps.get(prev.content, msgs[i].content))
+    return dataclasses.replace(prompt, messages=tuple(msgs))

@@ -1,0 +1,197 @@
+"""Best-of-N and weighted best-of-N: sample N whole solutions, score them, pick one.
+
+Best-of-N returns the solution with the highest aggregated PRM score. Weighted best-of-N
+(as in search-and-learn, following Snell et al. 2024, arXiv 2408.03314) sums the aggregated
+scores of the solutions that reach the same final answer (``problem.answer``) and returns the
+best-scored solution of the answer with the largest sum: several fairly good votes can beat
+one over-scored outlier.
+
+Both draw the N solutions with one ``problem.complete(n)`` call and score every step of all
+of them with one ``problem.score`` call. Each solution becomes a chain of nodes under the root.
+
+This module also holds what the other algorithms share about finished solutions: the
+candidate record, the choice among candidates (``best``, ``weighted``, ``majority``), and
+option checking.
+
+Example:
+    >>> from ponder.models import ScriptedPolicy
+    >>> from ponder.models.prm import FunctionPRM
+    >>> from ponder.models.types import Prompt
+    >>> from ponder.search.base import SearchProblem
+    >>> policy = ScriptedPolicy(["6 + 1 = 7.\\n\\nAnswer: 7", "2 + 3 = 5.\\n\\nAnswer: 5"], cycle=True)
+    >>> prm = FunctionPRM(lambda q, steps: 0.9 if "7" in steps[-1] else 0.6)
+    >>> problem = SearchProblem(Prompt.user("What is 2 + 3?"), policy, prm)
+    >>> best_of_n(problem, n=4).answer
+    '7'
+    >>> problem = SearchProblem(Prompt.user("What is 2 + 3?"), ScriptedPolicy(
+    ...     ["6 + 1 = 7.\\n\\nAnswer: 7", "2 + 3 = 5.\\n\\nAnswer: 5", "2 + 3 = 5.\\n\\nAnswer: 5"],
+    ...     cycle=True), prm)
+    >>> weighted_best_of_n(problem, n=3).answer
+    '5'
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+from ponder.errors import ConfigError
+from ponder.search.base import SearchProblem, SearchResult, finish
+from ponder.search.tree import SearchTree
+
+__all__ = [
+    "Selection",
+    "best_of_n",
+    "candidate",
+    "check_options",
+    "check_selection",
+    "choose",
+    "path_value",
+    "sample_solutions",
+    "weighted_best_of_n",
+]
+
+Selection = Literal["best", "weighted", "majority"]
+SELECTIONS = ("best", "weighted", "majority")
+
+
+def check_options(algorithm: str, options: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    """Refuse options an algorithm does not take (a typo would otherwise be silently ignored)."""
+    allowed = sorted(allowed)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"{algorithm} does not take option(s) {', '.join(unknown)}; "
+            f"it takes: {', '.join(allowed) or 'no options besides n'}"
+        )
+
+
+def check_positive(**values: int) -> None:
+    for name, v in values.items():
+        if v is None or v < 1:
+            raise ConfigError(f"{name} must be an integer >= 1, got {v!r}")
+
+
+def check_selection(how: str) -> Selection:
+    if how not in SELECTIONS:
+        raise ConfigError(f"unknown select={how!r}; use one of: {', '.join(SELECTIONS)}")
+    return how  # type: ignore[return-value]
+
+
+def path_value(problem: SearchProblem, tree: SearchTree, node: int) -> float:
+    """The aggregated PRM score of the partial solution ending at ``node`` (0 for the root)."""
+    scores = tree.scores(node)
+    return problem.value(scores) if scores else 0.0
+
+
+def candidate(problem: SearchProblem, tree: SearchTree, node: int, **extra: Any) -> dict[str, Any]:
+    """The record of one finished solution, as listed in ``SearchResult.candidates``."""
+    steps = tree.steps(node)
+    scores = tree.scores(node)
+    answer = tree[node]["answer"] if tree[node]["terminal"] else problem.answer(steps)
+    return {
+        "steps": steps,
+        "answer": answer,
+        "score": problem.value(scores) if scores else None,
+        "node": node,
+        **extra,
+    }
+
+
+def choose(candidates: Sequence[Mapping[str, Any]], how: Selection = "best") -> int | None:
+    """The node of the chosen candidate; ties go to the earliest. None when there are none.
+
+    ``best``: highest score. ``weighted``: the answer with the largest sum of scores, then its
+    best-scored solution. ``majority``: the most frequent answer, then its best-scored
+    solution. Candidates without an answer do not vote; if none has one, ``best`` decides.
+    """
+    check_selection(how)
+    if not candidates:
+        return None
+
+    def score(c: Mapping[str, Any]) -> float:
+        return float("-inf") if c["score"] is None else float(c["score"])
+
+    pool = list(candidates)
+    if how != "best":
+        tally: dict[str, float] = defaultdict(float)
+        for c in candidates:
+            if c["answer"] is not None:
+                tally[c["answer"]] += score(c) if how == "weighted" else 1.0
+        if tally:
+            # max() keeps the first maximum, and dicts keep insertion order: ties go to the earliest
+            winner = max(tally, key=lambda a: tally[a])
+            pool = [c for c in candidates if c["answer"] == winner]
+    return int(max(pool, key=score)["node"])
+
+
+def _shares(total: int, steps: Sequence[str]) -> list[int]:
+    """``total`` split over ``steps`` in proportion to their length (sums to ``total`` exactly)."""
+    weights = [max(1, len(s)) for s in steps]
+    out = [total * w // sum(weights) for w in weights]
+    out[-1] += total - sum(out)
+    return out
+
+
+def sample_solutions(problem: SearchProblem, n: int) -> tuple[SearchTree, list[int]]:
+    """``n`` whole solutions from one ``problem.complete`` call, each a chain under the root.
+
+    Returns the tree and the terminal node of each solution. A solution's generated tokens
+    are shared over its steps by length, so the tree's total equals what the budget was charged.
+    """
+    tree = SearchTree(problem.question)
+    if problem.budget.exhausted:
+        return tree, []
+    leaves = []
+    for steps, used in problem.complete_with_tokens(n):
+        steps = steps or [""]
+        tokens = _shares(used, steps)
+        node = 0
+        for i, step in enumerate(steps):
+            last = i == len(steps) - 1
+            node = tree.add(
+                node,
+                step,
+                tokens=tokens[i],
+                terminal=last,
+                answer=problem.answer(steps) if last else None,
+            )
+        leaves.append(node)
+    return tree, leaves
+
+
+def _score_solutions(problem: SearchProblem, tree: SearchTree, leaves: Sequence[int]) -> None:
+    """Score every step of every solution in one PRM call and store the scores on the nodes."""
+    if not leaves:
+        return
+    scores = problem.score([tree.steps(leaf) for leaf in leaves])
+    for leaf, row in zip(leaves, scores, strict=True):
+        for node, s in zip(tree.path(leaf)[1:], row, strict=True):
+            tree[node]["score"] = tree[node]["value"] = float(s)
+
+
+def _scored_search(problem: SearchProblem, n: int, how: Selection, name: str) -> SearchResult:
+    check_positive(n=n)
+    tree, leaves = sample_solutions(problem, n)
+    _score_solutions(problem, tree, leaves)
+    candidates = [candidate(problem, tree, leaf) for leaf in leaves]
+    return finish(problem, tree, choose(candidates, how), name, candidates)
+
+
+def best_of_n(problem: SearchProblem, *, n: int = 8, **options: Any) -> SearchResult:
+    """The highest-scored of ``n`` sampled solutions (aggregation: ``problem.aggregation``).
+
+    Options: none.
+    """
+    check_options("best_of_n", options, ())
+    return _scored_search(problem, n, "best", "best_of_n")
+
+
+def weighted_best_of_n(problem: SearchProblem, *, n: int = 8, **options: Any) -> SearchResult:
+    """The best solution of the answer whose solutions' scores sum highest.
+
+    Options: none.
+    """
+    check_options("weighted_best_of_n", options, ())
+    return _scored_search(problem, n, "weighted", "weighted_best_of_n")
