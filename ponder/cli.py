@@ -269,8 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("agents", help="list registered agents").set_defaults(fn=cmd_agents)
 
     from ponder.cli_memory import add_memory_parser
+    from ponder.cli_prm import add_prm_parser
 
     add_memory_parser(sub)
+    add_prm_parser(sub)
     return p
 
 

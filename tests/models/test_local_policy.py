@@ -85,13 +85,34 @@ def test_stop_strings_cut_the_text(policy):
     assert "\n" in full.text  # the poem's first line ends within 16 tokens
     cut = policy.generate([POEM], SamplingParams(max_tokens=16, stop=("\n",)))[0][0]
     assert cut.text == full.text.split("\n")[0]
-    assert cut.finish_reason == "stop"
+    assert cut.finish_reason == "stop" and cut.stop_reason == "\n"  # which stop string ended it
+    assert full.stop_reason is None
     assert 0 < cut.completion_tokens < full.completion_tokens
     # the stop string is checked on the completion only, not across the prefix boundary
     spanning = policy.generate(
         [Prompt.user("Count to 5.", prefix="1\n")], SamplingParams(max_tokens=4, stop=("\n2",))
     )
     assert spanning[0][0].completion_tokens > 1
+
+
+@pytest.mark.real_model
+def test_samples_share_the_prompt_cache_and_match_unshared_sampling(policy):
+    # the prompt's keys/values are computed once and shared by its n samples; with the same
+    # seed the samples must be those of a plain batch that reads the prompt once per sample
+    prompts = [POEM, QUESTION]
+    params = SamplingParams(n=3, max_tokens=12, temperature=0.9, seed=7)
+    try:
+        policy.share_prompt_cache = False
+        plain = policy.generate(prompts, params)
+        policy.share_prompt_cache = True
+        shared = policy.generate(prompts, params)
+    finally:
+        policy.share_prompt_cache = True
+    assert _texts(shared) == _texts(plain)
+    assert [[c.completion_tokens for c in r] for r in shared] == [
+        [c.completion_tokens for c in r] for r in plain
+    ]
+    assert len(set(_texts(shared)[0])) > 1  # real samples, not one answer repeated
 
 
 @pytest.mark.real_model
