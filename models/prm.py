@@ -14,13 +14,22 @@ from __future__ import annotations
 import math
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from ponder.errors import ConfigError
 
-__all__ = ["PRM", "Aggregation", "BasePRM", "FunctionPRM", "PRMUsage", "aggregate_scores"]
+__all__ = [
+    "PRM",
+    "Aggregation",
+    "BasePRM",
+    "FunctionPRM",
+    "PRMUsage",
+    "aggregate_scores",
+    "score_trajectory",
+    "trajectory_steps",
+]
 
 Aggregation = Literal["last", "min", "prod", "mean"]
 
@@ -112,3 +121,38 @@ class FunctionPRM(BasePRM):
     def _score(self, question: str, steps: list[list[str]]) -> tuple[list[list[float]], int]:
         out = [[float(self.fn(question, c[: i + 1])) for i in range(len(c))] for c in steps]
         return out, sum(len(s.split()) for c in steps for s in c)
+
+
+def trajectory_steps(trajectory: Sequence[Mapping[str, Any]] | Any) -> list[str]:
+    """An agent's trajectory as PRM steps: one step per action, with what the env said back.
+
+    Takes a list of step dicts (``action``, and ``observation`` / ``feedback`` when present) or
+    anything with a ``trajectory`` attribute (a memory ``Experience``).
+
+    Example:
+        >>> trajectory_steps([{"action": "open door", "observation": "The door opens."}])
+        ['Action: open door\nObservation: The door opens.']
+    """
+    steps = getattr(trajectory, "trajectory", trajectory)
+    out = []
+    for step in steps:
+        lines = [f"Action: {str(step.get('action', '')).strip()}"]
+        for key in ("observation", "feedback"):
+            if str(step.get(key, "")).strip():
+                lines.append(f"{key.capitalize()}: {str(step[key]).strip()}")
+        out.append("\n".join(lines))
+    return out
+
+
+def score_trajectory(prm: PRM, task: str, trajectory: Sequence[Mapping[str, Any]] | Any) -> list[float]:
+    """Step scores of an agent or embodied trajectory (each action a step), from any PRM.
+
+    Example:
+        >>> prm = FunctionPRM(lambda q, steps: 0.0 if "wrong" in steps[-1] else 1.0)
+        >>> score_trajectory(prm, "Boil water.", [{"action": "go kitchen"}, {"action": "wrong turn"}])
+        [1.0, 0.0]
+    """
+    steps = trajectory_steps(trajectory)
+    if not steps:
+        return []
+    return prm.score(task, [steps])[0]

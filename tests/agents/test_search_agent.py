@@ -167,3 +167,35 @@ def test_cli_search_flags_and_errors(tmp_path, capsys):
     assert main([*args, "--name", "e", "--algorithm", "dvts"]) == 2  # no PRM
     assert "'dvts' needs a PRM" in capsys.readouterr().err
     assert not any((tmp_path / x).exists() for x in "bcde")  # refused before anything was written
+
+
+@pytest.mark.real_model
+def test_real_model_beam_search_with_a_value_head_prm_end_to_end(tmp_path):
+    """SmolLM2 steps, a value-head PRM on the same weights (untrained head), beam search, the env grades."""
+    from ponder.models.local import LocalPolicy
+    from ponder.models.prm_value import ValueHeadPRM
+    from ponder.models.types import SamplingParams
+
+    policy = LocalPolicy(device="cpu")
+    prm = ValueHeadPRM(backbone=policy)
+    env = make("math", level=2, num_tasks=1, seed=0)
+    graph = build_search_agent(
+        policy, prm, algorithm="beam", n=4, options={"beam_width": 2}, max_steps=3,
+        params=SamplingParams(max_tokens=24, temperature=0.8),
+    )  # fmt: skip
+    out = graph.invoke(
+        {"task_id": "math/L2/0"}, context=AgentContext(env=env, episode_id="real", artifacts=tmp_path)
+    )
+    (s,) = out["searches"]
+    assert s["budget"]["policy_calls"] >= 1 and s["budget"]["prm_calls"] >= 1 and s["nodes"] > 1
+    tree = SearchTree.load(s["tree"])
+    assert prm.usage.tokens == s["budget"]["prm_tokens"] > 0  # what the PRM read is what the budget charged
+    # the env graded exactly the solution on the chosen path of the tree
+    assert len(out["trials"]) == 1 and out["trials"][0]["action"] == "\n\n".join(
+        tree.steps(_chosen_leaf(tree))
+    )
+
+
+def _chosen_leaf(tree):
+    chosen = [n for n in tree.graph if tree[n]["chosen"]]
+    return max(chosen, key=lambda n: tree[n]["depth"])

@@ -216,3 +216,26 @@ def test_judge_bad_inputs():
         LLMJudgePRM("gpt")  # type: ignore[arg-type]
     judge = LLMJudgePRM(policy)
     assert judge.score("q", [[]]) == [[]] and policy.usage.calls == 0
+
+
+def test_agent_trajectories_are_scored_step_by_step():
+    from ponder.memory import Experience
+    from ponder.models.prm import FunctionPRM, score_trajectory, trajectory_steps
+
+    exp = Experience(
+        task="Boil water.",
+        trajectory=[
+            {"action": "go to kitchen", "observation": "You are in the kitchen."},
+            {"action": "eat the pot", "feedback": "Nothing happens."},
+        ],
+    )
+    steps = trajectory_steps(exp)
+    assert steps == [
+        "Action: go to kitchen\nObservation: You are in the kitchen.",
+        "Action: eat the pot\nFeedback: Nothing happens.",
+    ]
+    seen = []
+    prm = FunctionPRM(lambda q, s: seen.append((q, list(s))) or (0.1 if "eat" in s[-1] else 0.9))
+    assert score_trajectory(prm, exp.task, exp) == [0.9, 0.1]
+    assert seen[-1] == ("Boil water.", steps)  # the whole trajectory, as one candidate
+    assert score_trajectory(prm, "x", []) == []
