@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ponder.errors import PonderError
+from ponder.errors import ConfigError, PonderError
 
 __all__ = ["main"]
 
@@ -238,6 +238,34 @@ def cmd_agents(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tree(a: argparse.Namespace) -> int:
+    from ponder.search.tree import SearchTree
+
+    path = Path(a.tree)
+    if not path.is_file():
+        raise ConfigError(f"search tree {path} does not exist; pass a file from RUN_DIR/trees/")
+    try:
+        tree = SearchTree.load(path)
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"{path} is not a search tree ({e}); pass a file from RUN_DIR/trees/") from e
+    g = tree.graph
+    chosen = sorted((n for n in g if g.nodes[n]["chosen"]), key=lambda n: g.nodes[n]["depth"])
+    finished = tree.terminals()
+    console.print(f"[bold]{escape(tree.question)}[/]")
+    console.print(f"{len(tree) - 1} steps explored, {len(finished)} finished solutions")
+    t = Table("depth", "step", "PRM score", "visits", "siblings")
+    for n in chosen[1:]:
+        a_ = g.nodes[n]
+        parent = tree.parent(n)
+        sibs = len(tree.children(parent)) - 1 if parent is not None else 0
+        score = "" if a_["score"] is None else f"{a_['score']:.3f}"
+        t.add_row(str(a_["depth"]), escape(a_["step"]), score, str(a_["visits"]), str(sibs))
+    console.print(t)
+    if a.png:
+        console.print(f"drawn: {tree.draw(a.png)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ponder", description="Verbal reinforcement search with LLM agents.")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -267,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("envs", help="list registered environments").set_defaults(fn=cmd_envs)
     sub.add_parser("agents", help="list registered agents").set_defaults(fn=cmd_agents)
+
+    tr = sub.add_parser("tree", help="show the path a search chose, and draw its tree")
+    tr.add_argument("tree", help="a tree file, RUN_DIR/trees/EPISODE-tTRIAL.json")
+    tr.add_argument("--png", help="also draw the whole tree to this PNG")
+    tr.set_defaults(fn=cmd_tree)
 
     from ponder.cli_memory import add_memory_parser
     from ponder.cli_prm import add_prm_parser

@@ -164,6 +164,12 @@ def test_cli_search_flags_and_errors(tmp_path, capsys):
     assert "ponder prm train" in capsys.readouterr().err
     assert main([*args, "--name", "d", "--actor-search", "beam"]) == 2
     assert "actor_search applies to the reflexion and retry agents" in capsys.readouterr().err
+    tree = next((tmp_path / "a" / "trees").glob("*.json"))
+    assert main(["tree", str(tree), "--png", str(tmp_path / "t.png")]) == 0
+    shown = capsys.readouterr().out
+    assert "What is 9 + 4?" in shown and "Answer: 13" in shown and (tmp_path / "t.png").is_file()
+    assert main(["tree", str(tmp_path / "missing.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
     assert main([*args, "--name", "e", "--algorithm", "dvts"]) == 2  # no PRM
     assert "'dvts' needs a PRM" in capsys.readouterr().err
     assert not any((tmp_path / x).exists() for x in "bcde")  # refused before anything was written
