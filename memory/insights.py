@@ -194,11 +194,16 @@ def _clean_text(text: str, vote: bool) -> str:
 
 _NUMBERING = re.compile(r"^[\[{(]?\s*\d+(?:\.\d+)+")
 _META = re.compile(r"\b(?:new|existing|previous|above|following|updated|old|other|the|these|those)\s+(?:rules|insights)\b|\b(?:new|existing|previous|above|this|that)\s+(?:rule|insight|response)\b|\brule list\b|\bthe rule that\b", re.I)  # fmt: skip
+_EQUATION = re.compile(r"\d\s*[-+*/x×]\s*\d+\s*=\s*-?\d")
 _WORD = re.compile(r"[^\W\d_]{2,}")
 
 
 def _not_a_rule(text: str) -> str | None:
     """Why ``text`` is no usable rule (an echo of the prompt's scaffolding), or None."""
+    if text.startswith(">"):
+        return f"echoes the quoted data back: {text[:60]}"
+    if _EQUATION.search(text):
+        return f"restates one task's arithmetic, not a general rule: {text[:60]}"
     if text[:1] + text[-1:] in ("[]", "{}"):
         return f"repeats a placeholder {text[:60]}"
     if _NUMBERING.match(text):
@@ -258,8 +263,9 @@ def parse_operations(
     ``EDIT 2: text``, ``UPVOTE 3``, ``UPVOTE: 3``, ``DOWNVOTE #4``, ``UPVOTE 1, 2``, ExpeL's
     ``AGREE`` (= UPVOTE) and ``REMOVE`` (= DOWNVOTE), and trailing explanations in parentheses.
     Lines that look like operations but cannot be used (no text, no number, a number outside
-    ``1..n_shown``, a template placeholder, scaffolding echoed back as a rule such as ``1.11.1.2``
-    or ``[the new rule]``, fewer than two words, a non-causal ADD when ``form="causal"``) land in
+    ``1..n_shown``, a template placeholder, scaffolding or quoted data echoed back as a rule such as
+    ``1.11.1.2``, ``[the new rule]`` or ``> ...``, one task's arithmetic (``9 + 4 = 13``), fewer than
+    two words, a non-causal ADD when ``form="causal"``) land in
     ``skipped`` with the reason. A lower-case keyword without ``:`` or a number reads as prose.
 
     Example:

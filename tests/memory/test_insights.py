@@ -113,6 +113,9 @@ def test_lines_that_are_not_operations_are_ignored_silently(line):
         ),
         ("ADD: [the rule that is the new rule]", "placeholder"),
         ("ADD: 42", "too few words"),
+        ("ADD: 9 + 4 = 13 (the final answer)", "one task's arithmetic"),
+        ("ADD: 13 + 4 = 17, then 17 + 8 = 25, then 25 + 1 = 26.", "one task's arithmetic"),
+        ("ADD: >1. 9 + 4 is the sum", "echoes the quoted data"),
         ("EDIT 1: Add the rules in a single line of text, adding to the previous response.", "rule list"),
     ],
 )
