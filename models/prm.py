@@ -131,7 +131,7 @@ def trajectory_steps(trajectory: Sequence[Mapping[str, Any]] | Any) -> list[str]
 
     Example:
         >>> trajectory_steps([{"action": "open door", "observation": "The door opens."}])
-        ['Action: open door\nObservation: The door opens.']
+        ['Action: open door\\nObservation: The door opens.']
     """
     steps = getattr(trajectory, "trajectory", trajectory)
     out = []

@@ -55,7 +55,7 @@ def test_shared_memory_recalls_reflections_across_runs(tmp_path):
     seen = []
 
     def policy_fn(prompt):
-        seen.append(prompt.messages[-1].content)
+        seen.append("\n".join(m.content for m in prompt.messages))
         return (
             "The sum was off by one; count again."
             if "Diagnose" in prompt.messages[0].content

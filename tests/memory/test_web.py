@@ -313,7 +313,7 @@ def test_serve_logs_the_url_and_stops_on_ctrl_c(tmp_path):
         with urllib.request.urlopen(url + "/record/r1", timeout=10) as r:
             assert b"carry the one" in r.read()
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
+        out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 0 and "memory browser stopped" in out and "Traceback" not in err
