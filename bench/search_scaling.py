@@ -67,6 +67,8 @@ def main() -> None:
             problem.prm = VerifierPRM(problem.evaluate)
         else:
             problem.prm = prm
+            if hasattr(prm, "clear_cache"):  # each search pays for its own PRM reads
+                prm.clear_cache()
         problem.budget = Budget()
         opts = {"beam_width": min(args.beam_width, n)} if method in ("beam", "dvts") else {}
         t0 = time.perf_counter()
