@@ -198,15 +198,7 @@ def _search_act(
 
     prompt = actor_prompt_for_search(prompt, ctx.env, state["task_id"], actor.separator)
     question = state.get("task_text") or state["observation"]
-    text, summary = actor.search(ctx.env, state["task_id"], prompt, question, seed=seed, ctx=ctx, trial=trial)
-    tokens = (summary["budget"]["prompt_tokens"], summary["budget"]["generated_tokens"])
-    return {
-        "attempt": text,
-        "attempt_tokens": tokens,
-        "prompt_tokens": tokens[0],
-        "completion_tokens": tokens[1],
-        "searches": [summary],
-    }
+    return actor.attempt(ctx.env, state["task_id"], prompt, question, seed=seed, ctx=ctx, trial=trial)
 
 
 def build_reflexion(policy: Policy, *, memory: Any = None, max_trials: int = 3, **kw: Any) -> Any:

@@ -155,6 +155,18 @@ class SearchActor:
                     log.warning("could not draw the search tree of %s: %s", stem, e)
         return result.text, summary
 
+    def attempt(self, *args: Any, **kw: Any) -> dict[str, Any]:
+        """``search(...)`` as a graph state update: the attempt, its tokens, the search summary."""
+        text, summary = self.search(*args, **kw)
+        tokens = (summary["budget"]["prompt_tokens"], summary["budget"]["generated_tokens"])
+        return {
+            "attempt": text,
+            "attempt_tokens": tokens,
+            "prompt_tokens": tokens[0],
+            "completion_tokens": tokens[1],
+            "searches": [summary],
+        }
+
     def _prm_for(self, evaluate: Callable[[str], tuple[bool, str]]) -> Any:
         if isinstance(self.prm, str):
             if self.prm == "verifier":
@@ -231,7 +243,7 @@ def build_search_agent(
         ctx, task_id = runtime.context, state["task_id"]
         trial = len(state.get("trials", []))
         prompt = step_prompt(ctx.env, task_id, state["observation"], separator)
-        text, summary = actor.search(
+        return actor.attempt(
             ctx.env,
             task_id,
             prompt,
@@ -240,15 +252,6 @@ def build_search_agent(
             ctx=ctx,
             trial=trial,
         )
-        spent = summary["budget"]
-        tokens = (spent["prompt_tokens"], spent["generated_tokens"])
-        return {
-            "attempt": text,
-            "attempt_tokens": tokens,
-            "prompt_tokens": tokens[0],
-            "completion_tokens": tokens[1],
-            "searches": [summary],
-        }
 
     def route(state: EpisodeState) -> Literal["end", "search"]:
         return (

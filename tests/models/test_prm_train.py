@@ -8,7 +8,6 @@ import random
 import sys
 
 import pytest
-import torch
 
 from ponder.cli_prm import add_prm_parser
 from ponder.environments import make
@@ -26,42 +25,12 @@ from ponder.models.prm_train import (
 )
 from ponder.models.prm_value import ValueHeadPRM
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread; a busy 2-core CPU makes two threads far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def backbone(tmp_path_factory):
-    """A 2-layer random Llama with SmolLM2's tokenizer files (a local folder, nothing downloaded)."""
-    import shutil
-
-    import transformers
-
-    from ponder.models.resolver import default_model_path
-
-    root = tmp_path_factory.mktemp("tiny") / "llama"
-    root.mkdir()
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(default_model_path() / name, root / name)
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=49152,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=2,
-    )
-    transformers.LlamaForCausalLM(config).save_pretrained(root)
-    return root
+def backbone(tmp_path_factory, make_tiny_llama):
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
-import transformers
 
 from ponder.errors import ConfigError
 from ponder.models.prm_value import CONFIG_NAME, HEAD_NAME, ValueHeadPRM, segments
@@ -21,43 +19,12 @@ CANDIDATES = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread; a busy 2-core CPU makes two threads far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_backbone(root, hidden: int = 32, seed: int = 0):
-    """A 2-layer random Llama with SmolLM2's tokenizer files (a local folder, nothing downloaded)."""
-    from ponder.models.resolver import default_model_path
-
-    src = default_model_path()
-    root.mkdir(parents=True, exist_ok=True)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(src / name, root / name)
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=49152,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=2,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    transformers.LlamaForCausalLM(config).save_pretrained(root)
-    return root
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def backbone(tmp_path_factory):
-    return tiny_backbone(tmp_path_factory.mktemp("tiny") / "llama")
+def backbone(tmp_path_factory, make_tiny_llama):
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +140,7 @@ def test_save_load_round_trip(backbone, full, tmp_path):
     assert loaded.trained_on == {"tasks": 3}
 
 
-def test_load_errors_are_one_line(backbone, full, tmp_path):
+def test_load_errors_are_one_line(backbone, full, tmp_path, make_tiny_llama):
     def err(path, **kw):
         with pytest.raises(ConfigError) as e:
             ValueHeadPRM.load(path, device="cpu", **kw)
@@ -187,7 +154,7 @@ def test_load_errors_are_one_line(backbone, full, tmp_path):
     (out / HEAD_NAME).unlink()
     assert HEAD_NAME in err(out)
     out = full.save(tmp_path / "prm2")
-    wide = tiny_backbone(tmp_path / "wide", hidden=48)
+    wide = make_tiny_llama(tmp_path / "wide", hidden=48)
     assert "hidden size" in err(out, backbone=wide)
     meta = json.loads((out / CONFIG_NAME).read_text())
     (out / CONFIG_NAME).write_text(json.dumps(meta | {"backbone": str(tmp_path / "gone")}))
