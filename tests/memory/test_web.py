@@ -304,7 +304,12 @@ def test_serve_logs_the_url_and_stops_on_ctrl_c(tmp_path):
         f"serve(MemoryStore.open({str(tmp_path / 'mem')!r}), port=0)\n"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # a test run started in the background inherits SIGINT ignored; give the server a terminal's Ctrl-C
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         line = proc.stdout.readline()  # "memory browser at http://127.0.0.1:PORT (Ctrl-C to stop)"
