@@ -44,7 +44,7 @@ from ponder.agents.state import AgentContext, EpisodeState
 from ponder.errors import ConfigError, UnknownName
 from ponder.models.types import Policy, Prompt, SamplingParams
 
-__all__ = ["SearchActor", "build_search_agent"]
+__all__ = ["SearchActor", "build_search_agent", "check_search_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -85,19 +85,7 @@ class SearchActor:
     _drawn: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
-        from ponder.search import ALGORITHMS, NO_PRM
-
-        if self.algorithm not in ALGORITHMS:
-            raise UnknownName.for_registry("search algorithm", self.algorithm, ALGORITHMS)
-        if self.n < 1:
-            raise ConfigError(f"n must be >= 1, got {self.n}")
-        if self.prm is None and self.algorithm not in NO_PRM:
-            raise ConfigError(
-                f"search algorithm {self.algorithm!r} needs a PRM; pass --prm PATH (from 'ponder prm "
-                "train'), --prm verifier (oracle) or --prm judge, or use --algorithm majority"
-            )
-        if self.budget is not None and self.budget < 1:
-            raise ConfigError(f"the search budget must be >= 1 generated tokens, got {self.budget}")
+        check_search_settings(self.algorithm, has_prm=self.prm is not None, n=self.n, budget=self.budget)
 
     def search(
         self,
@@ -115,11 +103,7 @@ class SearchActor:
         from ponder.search.base import SearchProblem
         from ponder.search.budget import Budget
 
-        def evaluate(solution: str) -> tuple[bool, str]:
-            env.reset(seed=ctx.seed, options={"task_id": task_id})
-            _, _, _, _, info = env.step(solution)
-            return bool(info.get("success")), str(info.get("feedback", ""))
-
+        evaluate = env.verifier(task_id, ctx.seed)
         problem = SearchProblem(
             prompt,
             self.policy,
@@ -175,6 +159,23 @@ class SearchActor:
                 return VerifierPRM(evaluate)
             raise ConfigError(f"unknown PRM name {self.prm!r}; pass a PRM object, 'verifier' or None")
         return self.prm
+
+
+def check_search_settings(algorithm: str, *, has_prm: bool, n: int, budget: int | None) -> None:
+    """Refuse search settings that cannot work (the runner calls it before anything is written)."""
+    from ponder.search import ALGORITHMS, NO_PRM
+
+    if algorithm not in ALGORITHMS:
+        raise UnknownName.for_registry("search algorithm", algorithm, ALGORITHMS)
+    if n < 1:
+        raise ConfigError(f"n must be >= 1, got {n}")
+    if not has_prm and algorithm not in NO_PRM:
+        raise ConfigError(
+            f"search algorithm {algorithm!r} needs a PRM; pass --prm PATH (from 'ponder prm "
+            "train'), --prm verifier (oracle) or --prm judge, or use --algorithm majority"
+        )
+    if budget is not None and budget < 1:
+        raise ConfigError(f"the search budget must be >= 1 generated tokens, got {budget}")
 
 
 def _safe(name: str) -> str:

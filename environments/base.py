@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from abc import abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar, SupportsFloat
 
 import gymnasium as gym
@@ -149,6 +150,19 @@ class TextEnv(gym.Env[str, str]):
             (q, separator.join(line.strip() for line in a.splitlines() if line.strip()))
             for q, a in self.examples_for(task_id)
         )
+
+    def verifier(self, task_id: str, seed: int | None = None) -> Callable[[str], tuple[bool, str]]:
+        """``solution -> (success, feedback)`` for one task: a fresh episode graded on one step.
+
+        What search (LATS, oracle PRMs) uses to hear the env's verdict on a whole solution.
+        """
+
+        def evaluate(solution: str) -> tuple[bool, str]:
+            self.reset(seed=seed, options={"task_id": task_id})
+            _, _, _, _, info = self.step(solution)
+            return bool(info.get("success")), str(info.get("feedback", ""))
+
+        return evaluate
 
     def answer_key(self, reply: str) -> str | None:
         """The final answer in ``reply``, normalised so equal answers compare equal (for voting).

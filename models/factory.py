@@ -15,7 +15,7 @@ from typing import Any
 from ponder.errors import ConfigError, UnknownName
 from ponder.models.types import BasePolicy
 
-__all__ = ["POLICY_KINDS", "PRM_NAMES", "make_policy", "make_prm"]
+__all__ = ["POLICY_KINDS", "PRM_NAMES", "check_prm_spec", "make_policy", "make_prm"]
 
 #: PRMs named rather than loaded from a folder
 PRM_NAMES = ("verifier", "judge", "none")
@@ -63,12 +63,7 @@ def make_prm(spec: str | None, *, policy: Any = None, device: str = "auto", dtyp
         from ponder.models.prm_oracle import LLMJudgePRM
 
         return LLMJudgePRM(policy)
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise ConfigError(
-            f"PRM {spec!r} is neither a folder nor one of {', '.join(PRM_NAMES)}; "
-            "train one with 'ponder prm train' or pass --prm verifier"
-        )
+    path = check_prm_spec(spec)
     if (path / "ponder_prm.json").is_file():
         from ponder.models.prm_value import ValueHeadPRM
 
@@ -76,6 +71,19 @@ def make_prm(spec: str | None, *, policy: Any = None, device: str = "auto", dtyp
     from ponder.models.prm_hf import HFPRM
 
     return HFPRM(path, device=device, dtype=dtype)
+
+
+def check_prm_spec(spec: str) -> Path | None:
+    """The folder a PRM spec names (None for a PRM name); a ConfigError if it is neither."""
+    if spec in PRM_NAMES:
+        return None
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise ConfigError(
+            f"PRM {spec!r} is neither a folder nor one of {', '.join(PRM_NAMES)}; "
+            "train one with 'ponder prm train' or pass --prm verifier"
+        )
+    return path
 
 
 def _shared_backbone(path: Path, policy: Any) -> Any:

@@ -105,13 +105,7 @@ class VerifierPRM(BasePRM):
             [[0.5, 1.0]]
         """
         env.reset(seed=seed, options={"task_id": task_id})  # an unknown task fails here, not mid-search
-
-        def evaluate(solution: str) -> tuple[bool, str]:
-            env.reset(seed=seed, options={"task_id": task_id})
-            _, _, _, _, info = env.step(solution)
-            return bool(info.get("success")), str(info.get("feedback", ""))
-
-        return cls(evaluate, separator=separator, **kw)
+        return cls(env.verifier(task_id, seed), separator=separator, **kw)
 
     @classmethod
     def for_problem(cls, problem: Any, **kw: Any) -> VerifierPRM:

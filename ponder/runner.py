@@ -204,22 +204,17 @@ def check_search(cfg: RunConfig) -> None:
     """Refuse a search setting that cannot work, before anything is written or loaded."""
     if cfg.agent != "search" and not cfg.actor_search:
         return
-    from ponder.agents.search_agent import SearchActor
-    from ponder.models.factory import PRM_NAMES
+    from ponder.agents.search_agent import check_search_settings
+    from ponder.models.factory import check_prm_spec
 
-    if cfg.prm not in (None, *PRM_NAMES) and not Path(cfg.prm).expanduser().exists():
-        raise ConfigError(
-            f"PRM {cfg.prm!r} is neither a folder nor one of {', '.join(PRM_NAMES)}; "
-            "train one with 'ponder prm train' or pass --prm verifier"
-        )
-    prm = None if cfg.prm in (None, "none") else "verifier"  # stands in for any PRM here
-    SearchActor(
-        _NoPolicy(), prm, algorithm=cfg.actor_search or cfg.algorithm, n=cfg.n, budget=cfg.search_tokens
+    if cfg.prm is not None:
+        check_prm_spec(cfg.prm)
+    check_search_settings(
+        cfg.actor_search or cfg.algorithm,
+        has_prm=cfg.prm not in (None, "none"),
+        n=cfg.n,
+        budget=cfg.search_tokens,
     )
-
-
-class _NoPolicy:
-    name = "none"
 
 
 def agent_options(cfg: RunConfig, policy: Policy) -> dict[str, Any]:

@@ -52,13 +52,7 @@ def problem_for_task(
     the env's ``answer_key`` for voting. ``kw`` goes to ``SearchProblem`` (``params``, ``budget``, ...).
     """
     obs, _ = env.reset(seed=seed, options={"task_id": task_id})
-
-    def evaluate(solution: str) -> tuple[bool, str]:
-        env.reset(seed=seed, options={"task_id": task_id})
-        _, _, _, _, info = env.step(solution)
-        return bool(info.get("success")), str(info.get("feedback", ""))
-
-    kw.setdefault("evaluate", evaluate)
+    kw.setdefault("evaluate", env.verifier(task_id, seed))
     return SearchProblem(
         step_prompt(env, task_id, obs, separator),
         policy,
