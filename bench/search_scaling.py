@@ -24,7 +24,6 @@ from ponder.environments import make
 from ponder.models.factory import make_policy, make_prm
 from ponder.models.types import SamplingParams
 from ponder.search import ALGORITHMS
-from ponder.search.budget import Budget
 from ponder.search.prompts import problem_for_task
 
 METHODS = ("majority", "best_of_n", "weighted_best_of_n", "beam", "dvts")
@@ -69,7 +68,6 @@ def main() -> None:
             problem.prm = prm
             if hasattr(prm, "clear_cache"):  # each search pays for its own PRM reads
                 prm.clear_cache()
-        problem.budget = Budget()
         opts = {"beam_width": min(args.beam_width, n)} if method in ("beam", "dvts") else {}
         t0 = time.perf_counter()
         result = ALGORITHMS[method](problem, n=n, **opts)
