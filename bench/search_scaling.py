@@ -8,6 +8,11 @@ so methods are compared at equal compute. Greedy decoding is the reference point
     .venv/bin/python bench/search_scaling.py --prm verifier --tasks 20      # oracle PRM
     .venv/bin/python bench/search_scaling.py --policy openai --base-url URL --model NAME --prm DIR
 
+Held out: ``--exclude-labels FILE`` (repeatable) drops every task whose question a PRM label
+file contains, so no test question was seen in training. Long runs can be split (e.g. one
+process per N, ``--ns 16 --out A`` and ``--ns 4,8 --out B``) and merged afterwards with
+``--combine A B --out C``, which only re-summarises and re-plots.
+
 Writes ``OUT/results.json``, ``OUT/results.md`` and ``OUT/accuracy_vs_tokens.png``.
 """
 
@@ -22,6 +27,7 @@ from typing import Any
 
 from ponder.environments import make
 from ponder.models.factory import make_policy, make_prm
+from ponder.models.prm_train import load_labels
 from ponder.models.types import SamplingParams
 from ponder.search import ALGORITHMS
 from ponder.search.prompts import problem_for_task
@@ -45,14 +51,25 @@ def main() -> None:
     ap.add_argument("--policy", default="local")
     ap.add_argument("--model")
     ap.add_argument("--base-url")
+    ap.add_argument(
+        "--exclude-labels", action="append", default=[], help="label file whose questions to skip"
+    )
+    ap.add_argument("--combine", nargs="+", help="merge these result folders into --out and stop")
     args = ap.parse_args()
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.combine:
+        combine([Path(d) for d in args.combine], out)
+        return
     policy = make_policy(args.policy, model=args.model, base_url=args.base_url)
     prm = make_prm(args.prm, policy=policy)
     env = make("math", level=[int(x) for x in args.levels.split(",")], num_tasks=args.tasks, seed=args.seed)
-    task_ids = env.task_ids()
+    seen = {r["question"] for f in args.exclude_labels for r in load_labels(f)}
+    task_ids = [t for t in env.task_ids() if env.task_text(env.reset(options={"task_id": t})[0]) not in seen]
+    excluded = len(env.task_ids()) - len(task_ids)
+    if excluded:
+        print(f"{excluded} tasks skipped: their questions are in the PRM's training labels", flush=True)
     step = SamplingParams(max_tokens=args.step_tokens, temperature=args.temperature)
     rows: list[dict[str, Any]] = []
 
@@ -97,6 +114,11 @@ def main() -> None:
         greedy.append(problem.evaluate(result.text)[0] if result.text else False)
     g_acc = sum(greedy) / len(greedy)
     print(f"greedy: {g_acc:.1%} on {len(task_ids)} tasks", flush=True)
+    header = (
+        f"math levels {args.levels}, {len(task_ids)} tasks (seed {args.seed}"
+        + (f", {excluded} seen in PRM labels skipped" if excluded else "")
+        + f"), PRM {args.prm}; greedy {g_acc:.1%}"
+    )
 
     for n in [int(x) for x in args.ns.split(",")]:
         for method in args.methods.split(","):
@@ -109,21 +131,37 @@ def main() -> None:
                 f"{method:>20} N={n:<3} accuracy {acc:6.1%}  tokens/task {tok:7.0f}  ({time.perf_counter() - t0:.0f} s)",
                 flush=True,
             )
-            (out / "results.json").write_text(json.dumps({"greedy": g_acc, "rows": rows}, indent=1))
+            (out / "results.json").write_text(
+                json.dumps({"greedy": g_acc, "header": header, "rows": rows}, indent=1)
+            )
 
-    table = summarize(rows, g_acc, len(task_ids), args)
+    table = summarize(rows, g_acc, header)
     (out / "results.md").write_text(table)
     plot(rows, g_acc, out / "accuracy_vs_tokens.png")
     print(table)
     print(f"results: {out / 'results.md'}, plot: {out / 'accuracy_vs_tokens.png'}")
 
 
-def summarize(rows: list[dict[str, Any]], greedy: float, tasks: int, args: Any) -> str:
+def combine(folders: list[Path], out: Path) -> None:
+    """Merge the rows of several runs on the same tasks (e.g. one per N) and re-plot."""
+    runs = [json.loads((d / "results.json").read_text()) for d in folders]
+    if len({r["greedy"] for r in runs}) != 1 or len({r.get("header") for r in runs}) != 1:
+        raise SystemExit("error: these runs were not made on the same tasks with the same settings")
+    rows = [row for r in runs for row in r["rows"]]
+    (out / "results.json").write_text(json.dumps({**runs[0], "rows": rows}, indent=1))
+    table = summarize(rows, runs[0]["greedy"], runs[0].get("header", ""))
+    (out / "results.md").write_text(table)
+    plot(rows, runs[0]["greedy"], out / "accuracy_vs_tokens.png")
+    print(table)
+    print(f"results: {out / 'results.md'}, plot: {out / 'accuracy_vs_tokens.png'}")
+
+
+def summarize(rows: list[dict[str, Any]], greedy: float, header: str) -> str:
     agg: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         agg[(r["method"], r["n"])].append(r)
     lines = [
-        f"math levels {args.levels}, {tasks} tasks (seed {args.seed}), PRM {args.prm}; greedy {greedy:.1%}",
+        header,
         "",
         "| method | N | accuracy | generated tokens / task | PRM tokens / task | seconds / task |",
         "|---|---|---|---|---|---|",

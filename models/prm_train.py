@@ -47,12 +47,14 @@ from ponder.models.types import SamplingParams
 __all__ = [
     "DEFAULTS",
     "auc_score",
+    "candidate_layers",
     "encode_labels",
     "evaluate",
     "label",
     "label_stats",
     "load_labels",
     "save_labels",
+    "select_layer",
     "split_by_task",
     "train",
 ]
@@ -379,6 +381,96 @@ def train(
         "val": metrics["val"],
     }
     return metrics
+
+
+def candidate_layers(n_layers: int, count: int = 10) -> list[int]:
+    """``count`` evenly spaced depths in 1..n_layers, the full depth included, shallow first.
+
+    Example:
+        >>> candidate_layers(30)
+        [3, 6, 9, 12, 15, 18, 21, 24, 27, 30]
+        >>> candidate_layers(2)
+        [1, 2]
+    """
+    return sorted({max(1, round(n_layers * i / count)) for i in range(1, count + 1)})
+
+
+def select_layer(
+    labels: Sequence[dict[str, Any]],
+    prm: Any,
+    *,
+    layers: Sequence[int] | None = None,
+    target: Literal["soft", "hard"] = DEFAULTS["target"],
+    epochs: int = DEFAULTS["epochs"],
+    lr: float = DEFAULTS["lr"],
+    batch_size: int = DEFAULTS["batch_size"],
+    seed: int = 0,
+    val_fraction: float = DEFAULTS["val_fraction"],
+    weight_decay: float = 1e-4,
+) -> tuple[int, dict[str, Any], list[Any]]:
+    """Choose the depth the head reads: a head per candidate layer, ranked by step AUC on dev tasks.
+
+    ``prm`` must read the whole backbone (``layer=-1``): one forward gives every candidate's
+    features. The tasks ``train`` holds out (same ``val_fraction`` and ``seed``) play no part:
+    the dev tasks are split off the remaining ones, so held-out metrics stay unseen by the
+    choice. Ties in AUC (to 3 decimals) go to the shallower layer, which also scores faster.
+
+    Returns ``(layer, report, features)``: the layer (``-1`` for the full depth), the dev AUC
+    of every candidate, and every record's features at the chosen layer (for ``train``).
+    """
+    import torch
+
+    labels = list(labels)
+    if not labels:
+        raise ConfigError("no labelled solutions to train on; run ponder prm label first")
+    layers = list(layers or candidate_layers(prm.n_layers))
+    t0 = time.perf_counter()
+    stacked = prm.features([(r["question"], r["steps"]) for r in labels], layers=layers)
+    t_feat = time.perf_counter() - t0
+    train_idx, _ = split_by_task(labels, val_fraction, seed)
+    rest = [labels[i] for i in train_idx]
+    fit_idx, dev_idx = split_by_task(rest, val_fraction or 0.25, seed + 1)
+    if not dev_idx:
+        raise ConfigError("choosing a layer needs labels from at least 3 tasks; pass --layer N instead")
+    fit_idx = [train_idx[i] for i in fit_idx]
+    dev_idx = [train_idx[i] for i in dev_idx]
+    dev_hard = [h for i in dev_idx for h in labels[i]["hard"]]
+    y = torch.tensor([v for i in fit_idx for v in labels[i][target]], dtype=torch.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny heads: thread-pool overhead would dominate
+    aucs: dict[int, float | None] = {}
+    try:
+        for j, layer in enumerate(layers):
+            x = torch.cat([stacked[i][j] for i in fit_idx]).to("cpu", torch.float32)
+            head, _, _ = _fit(
+                x,
+                y,
+                prm,
+                torch.device("cpu"),
+                epochs=epochs,
+                lr=lr,
+                batch_size=batch_size,
+                seed=seed,
+                wd=weight_decay,
+            )
+            with torch.inference_mode():
+                dev_x = torch.cat([stacked[i][j] for i in dev_idx]).to("cpu", torch.float32)
+                scores = torch.sigmoid(head(dev_x)).tolist()
+            aucs[layer] = auc_score(dev_hard, scores)
+    finally:
+        torch.set_num_threads(threads)
+    best = max(range(len(layers)), key=lambda j: (round(aucs[layers[j]] or 0.0, 3), -layers[j]))
+    layer = -1 if layers[best] in (-1, prm.n_layers) else layers[best]
+    report = {
+        "layer": layer,
+        "dev_auc": {str(k): (None if v is None else round(v, 4)) for k, v in aucs.items()},
+        "fit_tasks": len({labels[i]["task_id"] for i in fit_idx}),
+        "dev_tasks": len({labels[i]["task_id"] for i in dev_idx}),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "features_s": round(t_feat, 2),
+    }
+    log.info("layer %s chosen by dev AUC %s", layer, report["dev_auc"])
+    return layer, report, [f[best].clone() for f in stacked]
 
 
 def _fit(

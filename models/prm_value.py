@@ -67,7 +67,7 @@ __all__ = ["CONFIG_NAME", "FORMAT", "HEAD_NAME", "ValueHead", "ValueHeadPRM", "s
 log = logging.getLogger(__name__)
 
 FORMAT = "ponder-value-head"
-VERSION = 1
+VERSION = 2  # 2: a mid layer's hidden state goes through the final norm (1 read it raw)
 CONFIG_NAME = "ponder_prm.json"
 HEAD_NAME = "head.safetensors"
 DEFAULT_SEPARATOR = "\n\n"
@@ -168,8 +168,11 @@ class ValueHeadPRM(BasePRM):
         model: a local model folder, ``"default"``/``None`` (SmolLM2-135M-Instruct), or an
             already-loaded ``LocalPolicy`` whose weights are shared (same as ``backbone=``).
         backbone: a ``LocalPolicy`` to share (its model, tokenizer and device).
-        layer: which hidden state the head reads: ``-1`` is the final (normed) one; ``0`` the
-            embeddings, ``i`` the output of decoder layer ``i``.
+        layer: how deep the head reads: ``-1`` (or the layer count) the final normed hidden
+            state; ``i`` the hidden state after the first ``i`` decoder layers, passed through
+            the final norm. Only those ``i`` layers run (shared weights), so a shallow layer
+            also makes scoring faster and the prefix cache smaller. Mid-depth layers often
+            separate good from bad steps better than the last (``prm_train.select_layer``).
         separator: the text after every step (as in ``SearchProblem``).
         device, dtype: for a backbone loaded here (``"auto"``: CUDA if present, else CPU).
         incremental: reuse cached keys/values of scored prefixes (results equal full re-reads).
@@ -237,10 +240,11 @@ class ValueHeadPRM(BasePRM):
         self._base = getattr(self.model, "base_model", self.model)  # no LM head: logits are never needed
         config = self.model.config.get_text_config()
         self.hidden_size = int(config.hidden_size)
-        n_layers = int(config.num_hidden_layers)
-        if not -1 <= layer <= n_layers:
-            raise ConfigError(f"layer must be -1 or 0..{n_layers} for this backbone, got {layer}")
+        self.n_layers = int(config.num_hidden_layers)
+        _check_layers([layer], self.n_layers)
         self.layer = layer
+        if layer not in (-1, self.n_layers):
+            self._base = _truncated(self._base, layer)
         self.separator = separator
         self.incremental = incremental and _full_attention_only(self.model.config)
         if incremental and not self.incremental:
@@ -265,20 +269,30 @@ class ValueHeadPRM(BasePRM):
         return segments(self.tokenizer, question, steps, self.separator)
 
     def features(
-        self, items: Sequence[tuple[str, Sequence[str]]], *, batch_tokens: int | None = None
+        self,
+        items: Sequence[tuple[str, Sequence[str]]],
+        *,
+        batch_tokens: int | None = None,
+        layers: Sequence[int] | None = None,
     ) -> list[torch.Tensor]:
         """Head inputs for every step of every ``(question, steps)``: one forward per solution.
 
-        Returns one float32 tensor ``[len(steps), hidden_size]`` per item, on ``self.device``.
-        Nothing is cached or counted: this is for training and evaluating the head.
+        Returns one float32 tensor ``[len(steps), hidden_size]`` per item, on ``self.device``;
+        with ``layers``, ``[len(layers), len(steps), hidden_size]`` holding those hidden states
+        (from the same forward, for choosing the layer). Nothing is cached or counted: this
+        is for training and evaluating the head.
         """
+        if layers is not None:
+            if self.layer not in (-1, self.n_layers):
+                raise ConfigError("features(layers=...) needs a PRM built with layer=-1 (the whole backbone)")
+            _check_layers(layers, self.n_layers)
         rows: list[tuple[Any, list[_Node], list[list[int]]]] = [
             (None, [], self.segments(q, s)) for q, s in items
         ]
         with self._lock, torch.inference_mode():
-            feats, _ = self._run(rows, keep_kv=False, batch_tokens=batch_tokens)
+            feats, _ = self._run(rows, keep_kv=False, batch_tokens=batch_tokens, layers=layers)
         # row i's first feature is the question's; the steps' follow
-        return [f[1:].clone() for f in feats]
+        return [f[..., 1:, :].clone() for f in feats]
 
     def scores_from_features(self, features: torch.Tensor) -> torch.Tensor:
         """Sigmoid of the head on features ``[..., hidden]``."""
@@ -397,11 +411,13 @@ class ValueHeadPRM(BasePRM):
         *,
         keep_kv: bool,
         batch_tokens: int | None = None,
+        layers: Sequence[int] | None = None,
     ) -> tuple[list[torch.Tensor], list[list[list[tuple[torch.Tensor, torch.Tensor]]]]]:
         """Run rows ``(_, past nodes, new segments)`` in padded chunks.
 
-        Returns, per row, the feature at the end of each new segment (``[segments, hidden]``)
-        and, with ``keep_kv``, each new segment's keys/values per layer.
+        Returns, per row, the feature at the end of each new segment (``[segments, hidden]``,
+        or ``[len(layers), segments, hidden]`` with ``layers``) and, with ``keep_kv``, each
+        new segment's keys/values per layer.
         """
         limit = batch_tokens or self.max_batch_tokens
         sizes = [(sum(n.tokens for n in past), sum(len(s) for s in new)) for _, past, new in rows]
@@ -413,7 +429,7 @@ class ValueHeadPRM(BasePRM):
 
         def flush() -> None:
             if chunk:
-                f, k = self._forward([rows[i] for i in chunk], [sizes[i] for i in chunk], keep_kv)
+                f, k = self._forward([rows[i] for i in chunk], [sizes[i] for i in chunk], keep_kv, layers)
                 for j, i in enumerate(chunk):
                     feats[i], kvs[i] = f[j], k[j]
                 chunk.clear()
@@ -433,6 +449,7 @@ class ValueHeadPRM(BasePRM):
         rows: list[tuple[Any, list[_Node], list[list[int]]]],
         sizes: list[tuple[int, int]],
         keep_kv: bool,
+        read_layers: Sequence[int] | None = None,
     ) -> tuple[list[torch.Tensor], list[list[list[tuple[torch.Tensor, torch.Tensor]]]]]:
         dev = self.device
         b = len(rows)
@@ -466,9 +483,22 @@ class ValueHeadPRM(BasePRM):
             position_ids=positions,
             past_key_values=past,
             use_cache=keep_kv,
-            output_hidden_states=self.layer != -1,
+            output_hidden_states=read_layers is not None,
         )
-        hidden = out.last_hidden_state if self.layer == -1 else out.hidden_states[self.layer]
+
+        def pick(layer: int) -> torch.Tensor:
+            # hidden_states[i] is the (unnormed) output after i layers; normed it equals what a
+            # backbone truncated to i layers returns as last_hidden_state
+            if layer in (-1, self.n_layers):
+                return out.last_hidden_state
+            return self._base.norm(out.hidden_states[layer])
+
+        # [b, tokens, hidden], or [b, layers, tokens, hidden] when several layers are asked for
+        hidden = (
+            out.last_hidden_state
+            if read_layers is None
+            else torch.stack([pick(x) for x in read_layers], dim=1)
+        )
         feats, kvs = [], []
         cache_layers = out.past_key_values.layers if keep_kv else []
         for r, (_, _, new) in enumerate(rows):
@@ -477,7 +507,7 @@ class ValueHeadPRM(BasePRM):
                 starts.append(at)
                 at += len(seg)
                 ends.append(at - 1)
-            feats.append(hidden[r, ends].float())
+            feats.append(hidden[r][..., ends, :].float())
             if keep_kv:
                 kvs.append(
                     [
@@ -560,6 +590,11 @@ class ValueHeadPRM(BasePRM):
             raise ConfigError(
                 f"{meta_path} is version {meta.get('version')}, newer than {VERSION}; upgrade ponder"
             )
+        if int(meta.get("version", 0)) < 2 and int(meta.get("layer", -1)) != -1:
+            raise ConfigError(
+                f"{meta_path} reads layer {meta.get('layer')} the way version 1 did (without the final norm); "
+                "retrain it with ponder prm train"
+            )
         if not head_path.is_file():
             raise ConfigError(f"{folder} has no {HEAD_NAME}; the checkpoint is incomplete, re-save it")
         model: Any = None
@@ -595,6 +630,37 @@ class ValueHeadPRM(BasePRM):
         prm.head.to(prm.device).eval()
         prm.trained_on = dict(meta.get("trained_on") or {})
         return prm
+
+
+def _check_layers(layers: Sequence[int], n_layers: int) -> None:
+    bad = [x for x in layers if not (x == -1 or 1 <= x <= n_layers)]
+    if bad or not layers:
+        raise ConfigError(
+            f"layer must be -1 or 1..{n_layers} for this backbone, got {list(layers) or 'none'}"
+        )
+
+
+def _truncated(base: Any, k: int) -> Any:
+    """A view of decoder ``base`` that runs only its first ``k`` layers (weights shared).
+
+    Decoders in transformers loop over ``self.layers[: config.num_hidden_layers]`` and then
+    apply ``self.norm``; a shallow copy with a shorter layer list and config does the rest.
+    """
+    import copy
+
+    if not isinstance(getattr(base, "layers", None), nn.ModuleList) or not hasattr(base, "norm"):
+        raise ConfigError(
+            f"layer={k} needs a decoder with .layers and .norm ({type(base).__name__} has not); use layer=-1"
+        )
+    view = copy.copy(base)
+    view._modules = dict(base._modules)  # own module dict: replacing .layers must not touch base
+    view.layers = nn.ModuleList(list(base.layers[:k]))
+    cfg = copy.deepcopy(base.config)
+    cfg.num_hidden_layers = k
+    if isinstance(getattr(cfg, "layer_types", None), list):
+        cfg.layer_types = cfg.layer_types[:k]
+    view.config = cfg
+    return view
 
 
 def _is_default(path: Path) -> bool:

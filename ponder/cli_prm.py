@@ -99,7 +99,17 @@ def _load_prm(path: str | None, a: argparse.Namespace) -> Any:
 
     if path is not None:
         return ValueHeadPRM.load(path, device=a.device, dtype=a.dtype)
-    return ValueHeadPRM(a.backbone, layer=a.layer, device=a.device, dtype=a.dtype, seed=a.seed)
+    layer = -1 if a.layer == "auto" else a.layer
+    return ValueHeadPRM(a.backbone, layer=layer, device=a.device, dtype=a.dtype, seed=a.seed)
+
+
+def _layer(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--layer takes auto or a layer number, got {text!r}") from None
 
 
 def _print_metrics(name: str, m: dict[str, Any] | None) -> None:
@@ -115,20 +125,28 @@ def _print_metrics(name: str, m: dict[str, Any] | None) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from ponder.models.prm_train import load_labels, train
+    from ponder.models.prm_train import load_labels, select_layer, train
+    from ponder.models.prm_value import ValueHeadPRM
 
     records = load_labels(a.labels)
     prm = _load_prm(None, a)
-    metrics = train(
-        records,
-        prm,
-        epochs=a.epochs,
-        lr=a.lr,
-        batch_size=a.batch_size,
-        target=a.target,
-        seed=a.seed,
-        val_fraction=a.val_fraction,
-    )
+    kw: dict[str, Any] = {
+        "epochs": a.epochs,
+        "lr": a.lr,
+        "batch_size": a.batch_size,
+        "target": a.target,
+        "seed": a.seed,
+        "val_fraction": a.val_fraction,
+    }
+    features, report = None, None
+    if a.layer == "auto":
+        layer, report, features = select_layer(records, prm, **kw)
+        _say(f"layer {layer} (dev AUC by layer: {report['dev_auc']})")
+        if layer != -1:  # a PRM that runs only the chosen layers, sharing the loaded weights
+            prm = ValueHeadPRM(backbone=prm, layer=layer, seed=a.seed)
+    metrics = train(records, prm, features=features, **kw)
+    if report is not None:
+        metrics["layer_selection"] = report
     prm.trained_on["labels"] = str(Path(a.labels).resolve())
     out = prm.save(a.out)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
@@ -191,7 +209,12 @@ def add_prm_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("labels", help="a JSONL file written by ponder prm label")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument("--backbone", default=None, help="local model folder (default SmolLM2-135M-Instruct)")
-    p.add_argument("--layer", type=int, default=-1, help="hidden state the head reads (-1: last)")
+    p.add_argument(
+        "--layer",
+        type=_layer,
+        default="auto",
+        help="decoder depth the head reads: auto (default: chosen by AUC on dev tasks), N, or -1 (all)",
+    )
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])

@@ -8,6 +8,7 @@ import random
 import sys
 
 import pytest
+import torch
 
 from ponder.cli_prm import add_prm_parser
 from ponder.environments import make
@@ -20,6 +21,7 @@ from ponder.models.prm_train import (
     label_stats,
     load_labels,
     save_labels,
+    select_layer,
     split_by_task,
     train,
 )
@@ -174,6 +176,27 @@ def test_train_rejects_bad_options(backbone):
         train([], prm)
 
 
+def test_select_layer_sees_training_tasks_only(backbone):
+    labels = _synthetic(12, 3)
+    prm = ValueHeadPRM(backbone, device="cpu")
+    layer, report, feats = select_layer(labels, prm, epochs=40)
+    assert set(report["dev_auc"]) == {"1", "2"} and layer in (1, -1)
+    assert max(report["dev_auc"].values()) > 0.9  # the set is separable
+    train_idx, val_idx = split_by_task(labels, 0.25, 0)
+    assert report["fit_tasks"] + report["dev_tasks"] == len({labels[i]["task_id"] for i in train_idx})
+    chosen = ValueHeadPRM(backbone, device="cpu", layer=layer)
+    for f, g in zip(feats, chosen.features([(r["question"], r["steps"]) for r in labels]), strict=True):
+        torch.testing.assert_close(f, g, rtol=1e-4, atol=1e-5)
+    # the held-out tasks play no part: flipping their labels changes nothing
+    flipped = [dict(r) for r in labels]
+    for i in val_idx:
+        flipped[i]["hard"] = [1 - h for h in flipped[i]["hard"]]
+        flipped[i]["soft"] = [1.0 - h for h in flipped[i]["soft"]]
+    assert select_layer(flipped, prm, epochs=40)[1]["dev_auc"] == report["dev_auc"]
+    with pytest.raises(ConfigError, match="layer"):
+        select_layer(labels, ValueHeadPRM(backbone, device="cpu", layer=1), epochs=1)
+
+
 # ---- CLI ----------------------------------------------------------------------------------
 
 
@@ -200,6 +223,17 @@ def test_cli_train_and_eval(backbone, tmp_path, capsys):
     assert metrics["val"]["steps"] > 0 and (out / "ponder_prm.json").is_file()
     assert main(["prm", "eval", str(out), str(labels), "--json", "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == sum(len(r["steps"]) for r in _synthetic(8, 3))
+    # the default --layer auto picks a depth on dev tasks and records why
+    auto = ["prm", "train", str(labels), "--out", str(tmp_path / "auto"), "--backbone", str(backbone)]
+    assert main([*auto, "--epochs", "20", "--device", "cpu"]) == 0
+    assert "dev AUC by layer" in capsys.readouterr().out
+    picked = json.loads((tmp_path / "auto" / "metrics.json").read_text())["layer_selection"]
+    assert set(picked["dev_auc"]) == {"1", "2"}
+    meta = json.loads((tmp_path / "auto" / "ponder_prm.json").read_text())
+    assert meta["layer"] == picked["layer"]
+    with pytest.raises(SystemExit) as e:  # argparse rejects it with exit 2
+        main([*argv, "--layer", "x"])
+    assert e.value.code == 2 and "--layer takes auto" in capsys.readouterr().err
 
 
 def test_cli_bad_input_exits_2(backbone, tmp_path, capsys):

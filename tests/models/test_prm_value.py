@@ -120,6 +120,28 @@ def test_features_match_scores_and_layers(backbone, full):
     _close(mid.score(QUESTION, CANDIDATES), mid_full.score(QUESTION, CANDIDATES))
     with pytest.raises(ConfigError, match="layer"):
         ValueHeadPRM(backbone, device="cpu", layer=7)
+    with pytest.raises(ConfigError, match="layer"):
+        ValueHeadPRM(backbone, device="cpu", layer=0)
+
+
+def test_layer_sweep_features_equal_a_truncated_backbone(backbone, full):
+    """features(layers=[1, -1]) from one forward == what a PRM reading layer 1 computes alone,
+    and the truncated PRM runs (and caches) only that one layer."""
+    items = [(QUESTION, c) for c in CANDIDATES]
+    both = full.features(items, layers=[1, -1])
+    assert [f.shape for f in both] == [(2, len(c), 32) for c in CANDIDATES]
+    mid = ValueHeadPRM(backbone, device="cpu", layer=1)
+    for f, m, last in zip(both, mid.features(items), full.features(items), strict=True):
+        torch.testing.assert_close(f[0], m, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(f[1], last, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(both[0][0], both[0][1])
+    mid.score(QUESTION, CANDIDATES)
+    node = next(iter(mid._cache.nodes.values()))
+    assert len(node.kv) == 1 and len(full.model.model.layers) == 2  # the backbone is untouched
+    with pytest.raises(ConfigError, match="whole backbone"):
+        mid.features(items, layers=[1])
+    with pytest.raises(ConfigError, match="layer"):
+        full.features(items, layers=[3])
 
 
 def test_save_load_round_trip(backbone, full, tmp_path):
@@ -129,7 +151,7 @@ def test_save_load_round_trip(backbone, full, tmp_path):
     full.trained_on = {"tasks": 3}
     out = full.save(tmp_path / "prm")
     meta = json.loads((out / CONFIG_NAME).read_text())
-    assert meta["format"] == "ponder-value-head" and meta["version"] == 1
+    assert meta["format"] == "ponder-value-head" and meta["version"] == 2
     assert meta["backbone"] == str(backbone.resolve()) and meta["hidden_size"] == 32
     assert meta["separator"] == "\n\n" and meta["trained_on"] == {"tasks": 3}
     from safetensors.torch import load_file
@@ -159,6 +181,8 @@ def test_load_errors_are_one_line(backbone, full, tmp_path, make_tiny_llama):
     meta = json.loads((out / CONFIG_NAME).read_text())
     (out / CONFIG_NAME).write_text(json.dumps(meta | {"backbone": str(tmp_path / "gone")}))
     assert "backbone" in err(out)
+    (out / CONFIG_NAME).write_text(json.dumps(meta | {"version": 1, "layer": 1}))
+    assert "retrain" in err(out)
 
 
 def test_shares_a_loaded_policy(backbone):
