@@ -6,12 +6,14 @@ max_trials=..., **kw)``.
 Example:
     >>> from ponder.agents import AGENTS
     >>> sorted(AGENTS)
-    ['reflexion', 'retry', 'search']
+    ['embodied', 'embodied-plan', 'embodied-retry', 'reflexion', 'retry', 'search']
 """
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+from ponder.agents.embodied import EmbodiedState, build_embodied_agent
 from ponder.agents.prompts import ReflexionPrompts, parse_reflection
 from ponder.agents.reflexion import build_reflexion, build_retry, route_after_evaluate
 from ponder.agents.search_agent import SearchActor, build_search_agent
@@ -20,12 +22,15 @@ from ponder.agents.state import AgentContext, EpisodeState, TrialRecord
 __all__ = [
     "AGENTS",
     "AGENT_DESCRIPTIONS",
+    "EMBODIED",
     "USES_MEMORY",
     "AgentContext",
+    "EmbodiedState",
     "EpisodeState",
     "ReflexionPrompts",
     "SearchActor",
     "TrialRecord",
+    "build_embodied_agent",
     "build_reflexion",
     "build_retry",
     "build_search_agent",
@@ -38,13 +43,23 @@ AGENTS: dict[str, Callable[..., Any]] = {
     "reflexion": build_reflexion,
     "retry": build_retry,
     "search": build_search_agent,
+    "embodied": partial(build_embodied_agent, name="embodied"),
+    "embodied-plan": partial(build_embodied_agent, plan=True, name="embodied-plan"),
+    "embodied-retry": partial(build_embodied_agent, reflect=False, name="embodied-retry"),
 }
 
+#: agents that act over many steps in multi-step envs (ScienceWorld, TextWorld)
+EMBODIED: frozenset[str] = frozenset({"embodied", "embodied-plan", "embodied-retry"})
+
 #: agents that read or write memory; the runner opens a store only for these
-USES_MEMORY: frozenset[str] = frozenset({"reflexion"})
+USES_MEMORY: frozenset[str] = frozenset({"reflexion", *EMBODIED})
 
 AGENT_DESCRIPTIONS: dict[str, str] = {
     "reflexion": "act, evaluate, self-reflect on failure, retry with the reflections (Shinn et al. 2023)",
     "retry": "the same loop without reflection: the resampling baseline for reflexion",
     "search": "PRM-guided search per task (beam, DVTS, best-of-N, MCTS, LATS, ...; --algorithm, --prm)",
+    "embodied": "think/act loop in a text world, actions grounded to admissible ones; Reflexion across "
+    "trials; CLIN causal lessons in memory (--memory-modes concept)",
+    "embodied-plan": "the embodied agent that plans first and revises the plan when an observation contradicts it",
+    "embodied-retry": "the embodied agent without reflection between trials: the baseline",
 }

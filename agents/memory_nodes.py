@@ -257,7 +257,7 @@ class MemoryModes:
         return (
             c.prompt_tokens,
             c.completion_tokens,
-            [f"{o.op} {o.target or ''} {o.text}".strip() for o in ops],
+            [str(o) for o in ops],
         )
 
     def _book(self) -> Any:

@@ -32,3 +32,18 @@ register(
     "ponder.environments.humaneval:HumanEvalEnv",
     description="the 164 HumanEval problems; code runs against the tests in an isolated sandbox",
 )
+register(
+    "scienceworld",
+    "ponder.environments.scienceworld:ScienceWorldEnv",
+    description="the 30 ScienceWorld science tasks (7,207 variations, train/dev/test splits) in a Java text simulator",
+)
+register(
+    "textworld",
+    "ponder.environments.textworld:TextWorldEnv",
+    description="TextWorld text adventures generated offline from a seed, levels 1-5, cached on disk",
+)
+register(
+    "toy-rooms",
+    "ponder.environments.toy_rooms:ToyRoomsEnv",
+    description="three tiny multi-step tasks with fixed rules: the fast fake for embodied-agent tests",
+)

@@ -160,6 +160,10 @@ class Operation:
     text: str = ""
     line: str = ""
 
+    def __str__(self) -> str:
+        """``ADD text``, ``EDIT 2 text``, ``UPVOTE 1``: how runs record what was applied."""
+        return " ".join(x for x in (self.op, "" if self.target is None else str(self.target), self.text) if x)
+
 
 class ParsedOperations(list[Operation]):
     """The operations, in order; ``skipped`` holds ``(line, reason)`` for operation-like lines refused."""

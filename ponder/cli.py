@@ -55,6 +55,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="env option, e.g. --env-arg level=2 (repeatable)",
     )
+    p.add_argument(
+        "--task",
+        action="append",
+        help="a task name for envs that have named tasks, e.g. --task boil (ScienceWorld; repeatable)",
+    )
     p.add_argument("--tasks", type=int, help="number of tasks (default 20)")
     p.add_argument("--trials", type=int, help="attempts per task (default 3)")
     p.add_argument("--concurrency", type=int, help="episodes at once (default 4)")
@@ -90,6 +95,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     s.add_argument("--step-tokens", type=int, help="new tokens per search step (default 48)")
     s.add_argument("--max-steps", type=int, help="steps per searched solution at most (default 8)")
+    e = p.add_argument_group("embodied agents (--agent embodied, embodied-plan, embodied-retry)")
+    e.add_argument("--env-steps", type=int, help="actions per trial at most (default 30)")
     p.add_argument("--script", action="append", help="a reply of the scripted policy (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run directory NAME")
     p.add_argument("--no-progress", action="store_true")
@@ -127,10 +134,13 @@ def _config_from_args(a: argparse.Namespace) -> Any:
         "search_tokens": a.search_tokens,
         "step_tokens": a.step_tokens,
         "max_steps": a.max_steps,
+        "env_steps": a.env_steps,
     }
     given = {k: v for k, v in flags.items() if v is not None}
-    if a.env_arg:
+    if a.env_arg or a.task:
         given["env_kwargs"] = {**data.get("env_kwargs", {}), **dict(a.env_arg)}
+    if a.task:
+        given["env_kwargs"]["tasks"] = a.task[0] if len(a.task) == 1 else list(a.task)
     if a.search_arg:
         given["search_options"] = {**data.get("search_options", {}), **dict(a.search_arg)}
     if a.resume:

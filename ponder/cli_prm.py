@@ -103,6 +103,25 @@ def _load_prm(path: str | None, a: argparse.Namespace) -> Any:
     return ValueHeadPRM(a.backbone, layer=layer, device=a.device, dtype=a.dtype, seed=a.seed)
 
 
+def _load_many(paths: list[str]) -> list[dict[str, Any]]:
+    """Records of several label files; task ids get ``@<file stem>`` so that files labelled with
+    other seeds (the same ids, other questions) stay apart in the held-out split."""
+    from ponder.models.prm_train import load_labels
+
+    if len(paths) == 1:
+        return load_labels(paths[0])
+    stems = [Path(x).stem for x in paths]
+    if len(set(stems)) != len(stems):
+        raise ConfigError(
+            f"label files need distinct names to keep their tasks apart, got {', '.join(paths)}"
+        )
+    return [
+        {**r, "task_id": f"{r['task_id']}@{stem}"}
+        for x, stem in zip(paths, stems, strict=True)
+        for r in load_labels(x)
+    ]
+
+
 def _layer(text: str) -> int | str:
     if text == "auto":
         return text
@@ -125,10 +144,10 @@ def _print_metrics(name: str, m: dict[str, Any] | None) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from ponder.models.prm_train import load_labels, select_layer, train
+    from ponder.models.prm_train import select_layer, train
     from ponder.models.prm_value import ValueHeadPRM
 
-    records = load_labels(a.labels)
+    records = _load_many(a.labels)
     prm = _load_prm(None, a)
     kw: dict[str, Any] = {
         "epochs": a.epochs,
@@ -147,7 +166,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     metrics = train(records, prm, features=features, **kw)
     if report is not None:
         metrics["layer_selection"] = report
-    prm.trained_on["labels"] = str(Path(a.labels).resolve())
+    prm.trained_on["labels"] = [str(Path(x).resolve()) for x in a.labels]
     out = prm.save(a.out)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     _print_metrics("train", metrics["train"])
@@ -206,7 +225,7 @@ def add_prm_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_label)
 
     p = sub.add_parser("train", parents=[device], help="train a value head on a label file")
-    p.add_argument("labels", help="a JSONL file written by ponder prm label")
+    p.add_argument("labels", nargs="+", help="JSONL files written by ponder prm label")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument("--backbone", default=None, help="local model folder (default SmolLM2-135M-Instruct)")
     p.add_argument(

@@ -67,6 +67,7 @@ class RunConfig:
         search_options: the algorithm's options, e.g. ``{beam_width: 4}``.
         step_tokens: new tokens per search step.
         max_steps: steps per searched solution at most.
+        env_steps: actions per trial at most, for the embodied agents.
     """
 
     agent: str = "reflexion"
@@ -99,6 +100,7 @@ class RunConfig:
     search_options: dict[str, Any] = field(default_factory=dict)
     step_tokens: int = 48
     max_steps: int = 8
+    env_steps: int = 30
 
     def __post_init__(self) -> None:
         for key, lo in (
@@ -109,6 +111,7 @@ class RunConfig:
             ("n", 1),
             ("step_tokens", 1),
             ("max_steps", 1),
+            ("env_steps", 1),
         ):
             if getattr(self, key) < lo:
                 raise ConfigError(f"{key} must be >= {lo}, got {getattr(self, key)}")

@@ -20,7 +20,7 @@ from typing import Any
 
 from ponder.errors import ConfigError
 
-__all__ = ["compare_runs", "load_run", "plot_success", "summarize", "write_report"]
+__all__ = ["compare_runs", "load_run", "plot_embodied", "plot_success", "summarize", "write_report"]
 
 
 def summarize(episodes: Sequence[dict[str, Any]], max_trials: int | None = None) -> dict[str, Any]:
@@ -35,6 +35,7 @@ def summarize(episodes: Sequence[dict[str, Any]], max_trials: int | None = None)
         by_trial.append(round(solved / n, 4) if n else 0.0)
     completion = sum(e.get("completion_tokens", 0) for e in episodes)
     return {
+        **_embodied(episodes, k_max),
         "episodes": n,
         "success_rate": round(sum(bool(e.get("success")) for e in episodes) / n, 4) if n else 0.0,
         "success_by_trial": by_trial,
@@ -44,6 +45,56 @@ def summarize(episodes: Sequence[dict[str, Any]], max_trials: int | None = None)
         "completion_tokens_per_episode": round(completion / n, 1) if n else 0.0,
         "episode_seconds": round(sum(e.get("seconds", 0.0) for e in episodes), 2),
     }
+
+
+def _embodied(episodes: Sequence[dict[str, Any]], k_max: int) -> dict[str, Any]:
+    """Multi-step episodes (trials with ``steps``): mean best score within k trials, steps to success."""
+    if not any("steps" in t for e in episodes for t in e.get("trials", [])):
+        return {}
+    best = []
+    for k in range(1, k_max + 1):
+        per = [max((t["score"] for t in e.get("trials", [])[:k]), default=0.0) for e in episodes]
+        best.append(round(sum(per) / len(per), 2) if per else 0.0)
+    to_success = [
+        t["steps_taken"]
+        for e in episodes
+        for t in e.get("trials", [])
+        if t.get("success") and "steps_taken" in t
+    ]
+    return {
+        "score_by_trial": best,
+        "steps_to_success": to_success,
+        "mean_steps_to_success": round(sum(to_success) / len(to_success), 2) if to_success else None,
+    }
+
+
+def plot_embodied(runs: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Two panels: mean best score (0-100) within k trials, and the steps successful trials took."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120)
+    for label, s in runs.items():
+        ys = s.get("score_by_trial", [])
+        a.plot(range(1, len(ys) + 1), ys, marker="o", label=label)
+    a.set_xlabel("trial")
+    a.set_ylabel("mean best score so far (0-100)")
+    a.set_ylim(-2, 102)
+    a.grid(alpha=0.3)
+    a.legend(fontsize=7)
+    data = [s.get("steps_to_success") or [] for s in runs.values()]
+    if any(data):
+        b.hist(data, label=list(runs), bins=10)
+        b.legend(fontsize=7)
+    b.set_xlabel("steps to success")
+    b.set_ylabel("successful trials")
+    b.set_title("steps to success" if any(data) else "no successful trial")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def plot_success(
@@ -112,6 +163,18 @@ def write_report(
         _table({name: summary}),
         "",
     ]
+    if "score_by_trial" in summary:
+        plot_embodied({name: summary}, run_dir / "score_by_trial.png")
+        scores = "  ".join(f"{v:.0f}" for v in summary["score_by_trial"])
+        lines += [
+            "## Score by trial (mean best score within k trials, 0-100)",
+            "",
+            scores,
+            "",
+            f"Steps to success: mean {summary['mean_steps_to_success']} over "
+            f"{len(summary['steps_to_success'])} successful trials. Plot: score_by_trial.png",
+            "",
+        ]
     reflections = [
         (e["task_id"], t["reflection"]) for e in episodes for t in e.get("trials", []) if t.get("reflection")
     ]
@@ -156,6 +219,14 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> tuple[d
         {k: v["success_by_trial"] for k, v in summaries.items()}, out / "success_by_trial.png"
     )
     lines = ["# Comparison", "", _table(summaries), ""]
+    if all("score_by_trial" in v for v in summaries.values()):
+        plot_embodied(summaries, out / "score_by_trial.png")
+        lines += ["| run | score by trial (0-100) | mean steps to success |", "|---|---|---|"]
+        lines += [
+            f"| {k} | {' / '.join(f'{x:.0f}' for x in v['score_by_trial'])} | {v['mean_steps_to_success']} |"
+            for k, v in summaries.items()
+        ]
+        lines.append("")
     names = list(summaries)
     for a in names:
         for b in names:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ponder.agents import AGENTS, USES_MEMORY, AgentContext
+from ponder.agents import AGENTS, EMBODIED, USES_MEMORY, AgentContext
 from ponder.config import RunConfig
 from ponder.environments import make, spec
 from ponder.environments.base import TextEnv
@@ -98,6 +98,7 @@ DEFINING = (
     "search_options",
     "step_tokens",
     "max_steps",
+    "env_steps",
 )
 
 
@@ -220,6 +221,8 @@ def check_search(cfg: RunConfig) -> None:
 def agent_options(cfg: RunConfig, policy: Policy) -> dict[str, Any]:
     """The agent factory's own keyword arguments for ``cfg`` (search, memory modes, sampling)."""
     params = SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature)
+    if cfg.agent in EMBODIED:
+        return {"params": params, "memory_modes": cfg.memory_modes, "max_steps": cfg.env_steps}
     if cfg.agent != "search" and not cfg.actor_search:
         return {"params": params, "memory_modes": cfg.memory_modes}
     from ponder.agents.search_agent import SearchActor
@@ -251,7 +254,9 @@ def _run_episode(graph: Any, cfg: RunConfig, task_id: str, policy: Policy) -> di
         ctx = AgentContext(
             env=env, seed=cfg.seed, run_id=cfg.run_name, episode_id=episode_id, artifacts=cfg.run_dir
         )
-        config = {"configurable": {"thread_id": episode_id}, "recursion_limit": 8 + 4 * cfg.trials}
+        # multi-step agents carry the supersteps they need in their default config
+        limit = max(8 + 4 * cfg.trials, int((getattr(graph, "config", None) or {}).get("recursion_limit", 0)))
+        config = {"configurable": {"thread_id": episode_id}, "recursion_limit": limit}
         t0 = time.perf_counter()
         snapshot = graph.get_state(config)
         resumed = bool(snapshot.values)

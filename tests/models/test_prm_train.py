@@ -231,6 +231,21 @@ def test_cli_train_and_eval(backbone, tmp_path, capsys):
     assert set(picked["dev_auc"]) == {"1", "2"}
     meta = json.loads((tmp_path / "auto" / "ponder_prm.json").read_text())
     assert meta["layer"] == picked["layer"]
+    # several label files: the same task ids from another file stay other tasks
+    more = save_labels(_synthetic(4, 3, seed=1), tmp_path / "more.jsonl")
+    two = [
+        "prm",
+        "train",
+        str(labels),
+        str(more),
+        "--out",
+        str(tmp_path / "two"),
+        "--backbone",
+        str(backbone),
+    ]
+    assert main([*two, "--epochs", "5", "--device", "cpu", "--layer", "-1"]) == 0
+    split = json.loads((tmp_path / "two" / "metrics.json").read_text())["split"]
+    assert split["train_tasks"] + split["val_tasks"] == 12
     with pytest.raises(SystemExit) as e:  # argparse rejects it with exit 2
         main([*argv, "--layer", "x"])
     assert e.value.code == 2 and "--layer takes auto" in capsys.readouterr().err

@@ -1,0 +1,449 @@
+"""The embodied agent: a think/act loop in a multi-step env, Reflexion across trials, CLIN memory.
+
+One trial is one episode of the env. Each turn the model reads the task, recalled lessons,
+its recent steps, the observation and the admissible actions, replies ``Think: ... Action:
+...`` (ReAct), and the action is grounded to an admissible one (``agents.grounding``: exact,
+normalised, nearest by embedding; the mapping is kept in the trajectory). A failed trial is
+reflected on (Reflexion) and the next trial sees the reflection. After every trial, with
+``memory_modes`` containing ``concept``, the model writes CLIN's causal abstractions ("X may
+be necessary for Y", "X does not contribute to Y") into the memory's insight book, where
+later trials and other tasks find them by similarity to their task.
+
+``plan=True`` is plan-and-execute: a short plan is written before the first action, shown
+every turn, and revised when an observation contradicts it (the action failed, or what the
+model asked for was not available).
+
+::
+
+    start_trial -> [plan] -> act --(episode goes on)--> act
+                              |  --(contradiction, plan)--> revise -> act
+                              +--(episode over)--> end_trial --(success / last trial)--> END
+                                                        +--> [reflect] -> start_trial (or END
+                                                             after the last trial: stored only)
+
+Example:
+    >>> from ponder.agents import AgentContext
+    >>> from ponder.agents.embodied import build_embodied_agent
+    >>> from ponder.environments.toy_rooms import ToyRoomsEnv
+    >>> from ponder.models import ScriptedPolicy
+    >>> env = ToyRoomsEnv()
+    >>> policy = ScriptedPolicy(["Think: the key first.\\nAction: take key", "Action: open the chest."])
+    >>> graph = build_embodied_agent(policy, max_steps=5, max_trials=1)
+    >>> out = graph.invoke({"task_id": "toy/chest"}, context=AgentContext(env=env))
+    >>> [(s["action"], s["grounding"]["method"]) for s in out["trials"][0]["steps"]], out["success"]
+    ([('take key', 'exact'), ('open chest', 'normalised')], True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import operator
+import re
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, Literal
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from typing_extensions import TypedDict
+
+from ponder.agents.embodied_prompts import EmbodiedPrompts, format_steps, parse_plan, parse_react
+from ponder.agents.grounding import Grounder
+from ponder.agents.memory_nodes import parse_memory_modes
+from ponder.agents.prompts import parse_reflection
+from ponder.agents.reflexion import trial_seed
+from ponder.agents.state import AgentContext
+from ponder.errors import ConfigError
+from ponder.models.types import Policy, SamplingParams
+
+__all__ = ["EmbodiedState", "build_embodied_agent", "contradicts", "recursion_limit"]
+
+log = logging.getLogger(__name__)
+
+#: observations that say an action did not do what was asked (ScienceWorld, TextWorld, ALFWorld wording)
+FAILURE_PATTERNS = re.compile(
+    r"no known action|not clear|can't|cannot|can not|don't see|do not see|not something|"
+    r"nothing happens|isn't|is not open|is closed|you need|not possible|unknown|there is no|"
+    r"doesn't|does not|already|locked|won't|will not|unable|failed",
+    re.IGNORECASE,
+)
+
+
+class EmbodiedState(TypedDict, total=False):
+    """What the embodied graph carries (and checkpoints); ``trials`` and tokens accumulate."""
+
+    task_id: str
+    #: the first observation of the current trial, and the task's own text (memory key)
+    observation: str
+    task_text: str
+    #: the current trial: its steps, the latest observation, admissible actions, score, end
+    steps: list[dict[str, Any]]
+    last_observation: str
+    admissible: list[str]
+    score: float
+    trial_over: bool
+    success: bool
+    #: plan-and-execute
+    plan: list[str]
+    revisions: int
+    #: recalled from memory when the episode starts
+    insights: list[str]
+    shown_insights: list[str]
+    memory_notes: list[str]
+    insight_ops: Annotated[list[str], operator.add]
+    trials: Annotated[list[dict[str, Any]], operator.add]
+    reflections: Annotated[list[str], operator.add]
+    prompt_tokens: Annotated[int, operator.add]
+    completion_tokens: Annotated[int, operator.add]
+
+
+def contradicts(step: dict[str, Any], min_similarity: float = 0.5) -> bool:
+    """Did this step go against the plan: the env refused it, or the wanted action was not on offer?
+
+    Example:
+        >>> contradicts({"observation": "The door is closed.", "reward": 0.0,
+        ...              "grounding": {"method": "exact", "similarity": 1.0}})
+        True
+    """
+    g = step.get("grounding", {})
+    if g.get("method") == "similar" and float(g.get("similarity", 1.0)) < min_similarity:
+        return True
+    return float(step.get("reward", 0.0)) <= 0 and bool(
+        FAILURE_PATTERNS.search(str(step.get("observation", "")))
+    )
+
+
+def recursion_limit(max_trials: int, max_steps: int, max_revisions: int = 0) -> int:
+    """LangGraph supersteps an episode may need: one per action, plus a few per trial."""
+    return 10 + max_trials * (max_steps + max_revisions + 6)
+
+
+def build_embodied_agent(
+    policy: Policy,
+    *,
+    memory: Any = None,
+    max_steps: int = 30,
+    max_trials: int = 3,
+    reflect: bool = True,
+    plan: bool = False,
+    max_revisions: int = 3,
+    memory_modes: str | Sequence[str] = ("reflective", "concept"),
+    memory_k: int = 5,
+    embedder: Callable[[list[str]], Any] | None = None,
+    params: SamplingParams | None = None,
+    learn_params: SamplingParams | None = None,
+    prompts: EmbodiedPrompts | None = None,
+    checkpointer: Any = None,
+    name: str = "embodied",
+) -> Any:
+    """A compiled LangGraph graph of the embodied agent (see the module docstring).
+
+    Args:
+        policy: any ``ponder.models.Policy``.
+        memory: a ``ponder.memory.MemoryStore``, or None for no memory across episodes
+            (reflections still carry across the trials of one episode).
+        max_steps: actions per trial at most (the env may end a trial sooner).
+        max_trials: trials per episode, the first included.
+        reflect: write a reflection after a failed trial (Reflexion); False retries blind.
+        plan: plan-and-execute (a plan first, revised when an observation contradicts it).
+        max_revisions: plan revisions per trial at most.
+        memory_modes: with ``memory``: ``reflective`` (store reflections; recall those on the
+            same and similar tasks), ``concept`` (CLIN causal abstractions after each trial),
+            ``experiential`` (the actions of a similar solved episode as a note).
+        memory_k: insights / reflections recalled.
+        embedder: for grounding by similarity (default: the memory's embedder, or word overlap).
+        params, learn_params: sampling for actions / for plans, reflections and lessons.
+        prompts: ``EmbodiedPrompts``.
+
+    Invoke with ``{"task_id": ...}``, ``context=AgentContext(env=...)`` and a config whose
+    ``recursion_limit`` is at least ``recursion_limit(max_trials, max_steps, max_revisions)``
+    (the compiled graph carries it as its default config).
+    """
+    if max_trials < 1 or max_steps < 1 or max_revisions < 0:
+        raise ConfigError(
+            f"max_trials and max_steps must be >= 1 and max_revisions >= 0, got {max_trials}, {max_steps}, {max_revisions}"
+        )
+    prompts = prompts or EmbodiedPrompts()
+    params = params or SamplingParams(max_tokens=64, temperature=0.7)
+    learn_params = learn_params or SamplingParams(max_tokens=128, temperature=0.7)
+    modes = parse_memory_modes(memory_modes) if memory is not None else ()
+    grounder = Grounder(embedder if embedder is not None else getattr(memory, "embedder", None))
+
+    def gen(prompt: Any, p: SamplingParams, seed: int) -> Any:
+        return policy.generate([prompt], dataclasses.replace(p, n=1, seed=seed))[0][0]
+
+    def start_trial(state: EmbodiedState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+        env = runtime.context.env
+        if env.single_step:
+            raise ConfigError(
+                f"env {env.name!r} grades one answer per episode; use the reflexion agent for it"
+            )
+        obs, info = env.reset(seed=runtime.context.seed, options={"task_id": state["task_id"]})
+        out: dict[str, Any] = {
+            "observation": obs,
+            "task_text": env.task_text(obs),
+            "steps": [],
+            "last_observation": obs,
+            "admissible": list(info.get("admissible_actions", [])),
+            "score": float(info.get("score", 0.0)),
+            "trial_over": False,
+            "success": False,
+            "plan": [],
+            "revisions": 0,
+        }
+        if not state.get("trials") and memory is not None:
+            out |= _recall(memory, modes, env.task_text(obs), state["task_id"], runtime.context, memory_k)
+        return out
+
+    def make_plan(state: EmbodiedState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+        prompt = prompts.plan(
+            state["task_text"],
+            state["last_observation"],
+            insights=state.get("insights", []),
+            reflections=state.get("reflections", []),
+            notes=state.get("memory_notes", []),
+        )
+        c = gen(prompt, learn_params, _seed(runtime, state, "plan"))
+        return {"plan": parse_plan(c.text), **_tokens(c)}
+
+    def act(state: EmbodiedState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+        env = runtime.context.env
+        steps = list(state.get("steps", []))
+        admissible = state.get("admissible", [])
+        situation = f"{state['task_text']}\n{state['last_observation']}"
+        shown = grounder.rank(situation, admissible, prompts.max_actions)
+        prompt = prompts.act(
+            state["task_text"],
+            state["last_observation"],
+            shown,
+            history=steps,
+            plan=state.get("plan", []),
+            insights=state.get("insights", []),
+            reflections=state.get("reflections", []),
+            notes=state.get("memory_notes", []),
+            more_actions=len(admissible) - len(shown),
+        )
+        c = gen(prompt, params, _seed(runtime, state, f"act{len(steps)}"))
+        # the reply continues the assistant prefix ("Think:"), unless it restates the labels itself
+        labelled = re.match(r"\s*(?:think|thought|action)\s*:", c.text, re.IGNORECASE)
+        thought, raw = parse_react(c.text if labelled else prompt.assistant_prefix + c.text)
+        g = grounder(raw, admissible)
+        sent = g.action or "look"  # an empty reply still spends the turn, as a harmless look
+        obs, reward, terminated, truncated, info = env.step(sent)
+        score = float(info.get("score", state.get("score", 0.0)))
+        step = {
+            "step": len(steps),
+            "thought": thought,
+            "raw_action": raw,
+            "action": sent,
+            "grounding": g.to_dict(),
+            "observation": obs,
+            "reward": float(reward),
+            "score": score,
+            "success": bool(info.get("success")),
+        }
+        over = bool(terminated or truncated or info.get("success")) or len(steps) + 1 >= max_steps
+        return {
+            "steps": [*steps, step],
+            "last_observation": obs,
+            "admissible": list(info.get("admissible_actions", [])),
+            "score": score,
+            "success": bool(info.get("success")),
+            "trial_over": over,
+            **_tokens(c),
+        }
+
+    def revise(state: EmbodiedState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+        prompt = prompts.revise(state["task_text"], state.get("plan", []), state.get("steps", []))
+        c = gen(prompt, learn_params, _seed(runtime, state, f"revise{state.get('revisions', 0)}"))
+        new = parse_plan(c.text) or state.get("plan", [])
+        return {"plan": new, "revisions": state.get("revisions", 0) + 1, **_tokens(c)}
+
+    def end_trial(state: EmbodiedState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+        steps = state.get("steps", [])
+        trial = len(state.get("trials", []))
+        record = {
+            "trial": trial,
+            "action": "\n".join(s["action"] for s in steps),
+            "success": bool(state.get("success")),
+            "score": float(state.get("score", 0.0)),
+            "feedback": steps[-1]["observation"][:500] if steps else "",
+            "steps": steps,
+            "steps_taken": len(steps),
+            "plan": state.get("plan", []),
+            "revisions": state.get("revisions", 0),
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+        }
+        out: dict[str, Any] = {"trials": [record]}
+        if "concept" in modes:
+            out |= _learn_causal(memory, policy, prompts, state, record, runtime.context, learn_params, name)
+        return out
+
+    def reflect_node(state: EmbodiedState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+        last = state["trials"][-1]
+        prompt = prompts.reflect(state["task_text"], last["steps"], f"failed, score {last['score']:.0f}/100")
+        c = gen(prompt, learn_params, _seed(runtime, state, "reflect"))
+        text = parse_reflection(c.text)
+        if "reflective" in modes:
+            _remember_reflection(memory, text, state, last, runtime.context, name, policy)
+        return {"reflections": [text], **_tokens(c)}
+
+    def after_act(state: EmbodiedState) -> Literal["act", "revise", "end_trial"]:
+        if state.get("trial_over"):
+            return "end_trial"
+        if plan and state.get("revisions", 0) < max_revisions and contradicts(state["steps"][-1]):
+            return "revise"
+        return "act"
+
+    def after_trial(state: EmbodiedState) -> Literal["end", "reflect", "start_trial"]:
+        if state.get("success"):
+            return "end"
+        if len(state.get("trials", [])) >= max_trials:
+            # a final failure is reflected on only to be stored: later episodes can learn from it
+            return "reflect" if reflect and "reflective" in modes else "end"
+        return "reflect" if reflect else "start_trial"
+
+    def after_reflect(state: EmbodiedState) -> Literal["end", "start_trial"]:
+        return "end" if len(state.get("trials", [])) >= max_trials else "start_trial"
+
+    g = StateGraph(EmbodiedState, context_schema=AgentContext)
+    g.add_node("start_trial", start_trial)
+    g.add_node("act", act)
+    g.add_node("end_trial", end_trial)
+    g.add_edge(START, "start_trial")
+    if plan:
+        g.add_node("plan", make_plan)
+        g.add_node("revise", revise)
+        g.add_edge("start_trial", "plan")
+        g.add_edge("plan", "act")
+        g.add_edge("revise", "act")
+    else:
+        g.add_edge("start_trial", "act")
+    g.add_conditional_edges(
+        "act", after_act, {"act": "act", "end_trial": "end_trial", **({"revise": "revise"} if plan else {})}
+    )
+    targets: dict[str, str] = {"end": END, "start_trial": "start_trial"}
+    if reflect:
+        g.add_node("reflect", reflect_node)
+        g.add_conditional_edges("reflect", after_reflect, {"end": END, "start_trial": "start_trial"})
+        targets["reflect"] = "reflect"
+    g.add_conditional_edges("end_trial", after_trial, targets)
+    graph = g.compile(checkpointer=checkpointer, name=name)
+    return graph.with_config(
+        recursion_limit=recursion_limit(max_trials, max_steps, max_revisions if plan else 0)
+    )
+
+
+# --------------------------------------------------------------------------------------- helpers
+def _tokens(c: Any) -> dict[str, int]:
+    return {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens}
+
+
+def _seed(runtime: Runtime[AgentContext], state: EmbodiedState, what: str) -> int:
+    trial = len(state.get("trials", []))
+    return trial_seed(runtime.context.seed, f"{state['task_id']}/{what}", trial)
+
+
+def _recall(
+    memory: Any, modes: tuple[str, ...], task_text: str, task_id: str, ctx: AgentContext, k: int
+) -> dict[str, Any]:
+    """Insights, reflections and solved-episode notes related to this task, from earlier episodes."""
+    out: dict[str, Any] = {"insights": [], "shown_insights": [], "memory_notes": []}
+    floor = float(getattr(memory.embedder, "related_similarity", 0.0))
+    mine = (ctx.run_id, ctx.episode_id)
+
+    def others(hits: list[Any]) -> list[Any]:
+        return [h for h in hits if (h.record.provenance.run_id, h.record.provenance.episode_id) != mine]
+
+    if "concept" in modes:
+        hits = others(memory.search(task_text, kind="insight", k=k, where={"status": "active"}))
+        out["insights"] = [h.record.text for h in hits]
+        out["shown_insights"] = [h.record.id for h in hits]
+    if "reflective" in modes:
+        same = memory.list(kind="reflection", where={"task_id": task_id}, limit=k + 8)
+        texts = [r.text for r in same if (r.provenance.run_id, r.provenance.episode_id) != mine]
+        out["memory_notes"] += [
+            f"Lesson from an earlier run of this task: {t}" for t in dict.fromkeys(texts)
+        ][:k]
+    if "experiential" in modes:
+        hits = others(memory.search(task_text, kind="experience", k=3, where={"outcome": "success"}))
+        for h in [h for h in hits if h.similarity >= floor][:1]:
+            good = next((t for t in h.record.trajectory if t.get("success")), None)
+            if good and good.get("action"):
+                acts = " ; ".join(good["action"].splitlines()[:20])
+                out["memory_notes"].append(f"A similar task was solved with these actions: {acts}")
+    return out
+
+
+def _prov(ctx: AgentContext, task_id: str, agent: str, policy: Any) -> Any:
+    from ponder.memory import Provenance
+
+    return Provenance(
+        run_id=ctx.run_id,
+        episode_id=ctx.episode_id,
+        env=ctx.env.name,
+        task_id=task_id,
+        agent=agent,
+        model=getattr(policy, "name", ""),
+        source="agent",
+        trusted=False,
+    )
+
+
+def _remember_reflection(
+    memory: Any,
+    text: str,
+    state: EmbodiedState,
+    trial: dict[str, Any],
+    ctx: AgentContext,
+    agent: str,
+    policy: Any,
+) -> None:
+    from ponder.memory import Reflection
+
+    rid = hashlib.blake2b(f"{ctx.run_id}/{ctx.episode_id}/{trial['trial']}".encode(), digest_size=12)
+    memory.add(
+        Reflection(
+            text=text,
+            failed_attempt=trial["action"][:2000],
+            feedback=trial["feedback"],
+            trial=trial["trial"],
+            provenance=_prov(ctx, state["task_id"], agent, policy),
+            id=rid.hexdigest(),
+        )
+    )
+
+
+def _learn_causal(
+    memory: Any,
+    policy: Policy,
+    prompts: EmbodiedPrompts,
+    state: EmbodiedState,
+    trial: dict[str, Any],
+    ctx: AgentContext,
+    params: SamplingParams,
+    agent: str,
+) -> dict[str, Any]:
+    """CLIN: causal abstractions from one trial, applied to the insight book (votes on the shown ones)."""
+    from ponder.memory.insights import InsightBook, causal_prompt, parse_operations
+
+    book = InsightBook(memory)
+    ids = state.get("shown_insights", [])
+    shown = [i for i in memory.get_many(ids) if getattr(i, "status", "") == "active"] if ids else []
+    outcome = "success" if trial["success"] else f"failure (score {trial['score']:.0f}/100)"
+    text = f"Task: {state['task_text']}\n{format_steps(trial['steps'][-15:])}"
+    prompt = causal_prompt(text, outcome, shown, max_chars=1500)
+    seed = trial_seed(ctx.seed + 3, state["task_id"], trial["trial"])
+    c = policy.generate([prompt], dataclasses.replace(params, n=1, seed=seed))[0][0]
+    ops = parse_operations(c.text, n_shown=len(shown), form="causal")
+    report = book.apply(
+        ops,
+        shown=shown,
+        provenance=_prov(ctx, state["task_id"], agent, policy),
+        episode_ids=[ctx.episode_id],
+        form="causal",
+    )
+    log.info("causal lessons for %s trial %d: %s", ctx.episode_id, trial["trial"], report)
+    return {"insight_ops": [str(o) for o in ops], **_tokens(c)}
