@@ -210,6 +210,8 @@ def build_embodied_agent(
     def act(state: EmbodiedState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         env = runtime.context.env
         steps = list(state.get("steps", []))
+        if not env.in_episode or env.task_id != state["task_id"]:
+            _replay(env, state["task_id"], runtime.context.seed, steps)
         admissible = state.get("admissible", [])
         situation = f"{state['task_text']}\n{state['last_observation']}"
         shown = grounder.rank(situation, admissible, prompts.max_actions)
@@ -337,6 +339,17 @@ def build_embodied_agent(
 
 
 # --------------------------------------------------------------------------------------- helpers
+def _replay(env: Any, task_id: str, seed: int, steps: Sequence[dict[str, Any]]) -> None:
+    """Rebuild the env's state after a resume (a new env object): reset, then redo the trial's actions.
+
+    The envs are deterministic given the seed, so the same actions lead to the same state.
+    """
+    log.info("resuming %s: replaying %d actions in a fresh env", task_id, len(steps))
+    env.reset(seed=seed, options={"task_id": task_id})
+    for s in steps:
+        env.step(s["action"])
+
+
 def _tokens(c: Any) -> dict[str, int]:
     return {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens}
 

@@ -133,6 +133,11 @@ class TextEnv(gym.Env[str, str]):
         self._last_obs = obs
         return obs, float(reward), bool(terminated), bool(truncated), info
 
+    @property
+    def in_episode(self) -> bool:
+        """True between a ``reset`` and the end of that episode (``step`` may be called)."""
+        return self.task_id is not None and not self._done
+
     def render(self) -> str | None:
         return self._last_obs if self.render_mode == "ansi" else None
 

@@ -55,7 +55,7 @@ from typing import Any, ClassVar
 from ponder.environments.base import StepResult, TextEnv
 from ponder.errors import ConfigError, DependencyNotInstalled, EnvError, UnknownName
 
-__all__ = ["SIMPLIFICATIONS", "SPLITS", "ScienceWorldEnv", "resolve_task", "task_names"]
+__all__ = ["SIMPLIFICATIONS", "SPLITS", "ScienceWorldEnv", "java_children", "resolve_task", "task_names"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,28 @@ _INSTALL_JAVA = "install it, e.g.: apt install openjdk-17-jre-headless"
 _PREFIX = "scienceworld/"
 # The base class truncates at max_steps; the package's own step limit must never fire first.
 _NO_STEP_LIMIT = 10**9
+
+
+def java_children(parent: int | None = None) -> set[int]:
+    """Pids of live ``java`` processes whose parent is ``parent`` (default this process), from /proc.
+
+    What to check for leaked simulators: after every env is closed it is empty.
+
+    Example:
+        >>> java_children() <= java_children()
+        True
+    """
+    me, found = parent or os.getpid(), set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        if comm == "java" and int(rest[1]) == me and rest[0] != "Z":
+            found.add(int(pid))
+    return found
 
 
 def _package() -> ModuleType:

@@ -58,7 +58,7 @@ class RunResult:
 
 
 def make_env_for(cfg: RunConfig) -> TextEnv:
-    """The env of ``cfg``; ``seed`` and ``num_tasks`` are passed when the env takes them."""
+    """The env of ``cfg``; ``seed`` and ``num_tasks`` (``num_games``) are passed when the env takes them."""
     factory = spec(cfg.env).load()
     kwargs = dict(cfg.env_kwargs)
     try:
@@ -69,6 +69,8 @@ def make_env_for(cfg: RunConfig) -> TextEnv:
         kwargs.setdefault("seed", cfg.seed)
     if "num_tasks" in params:
         kwargs.setdefault("num_tasks", cfg.tasks)
+    if "num_games" in params:  # TextWorld: games are generated lazily, so asking for enough costs nothing
+        kwargs.setdefault("num_games", cfg.tasks)
     return make(cfg.env, **kwargs)
 
 

@@ -272,3 +272,26 @@ def test_runner_writes_steps_scores_and_plots(tmp_path):
     assert {"observation", "thought", "raw_action", "action", "grounding", "reward", "score"} <= set(step)
     assert (tmp_path / "emb" / "score_by_trial.png").stat().st_size > 1000
     assert "Score by trial" in result.report.read_text()
+
+
+def test_a_resumed_episode_replays_the_trial_in_a_fresh_env():
+    """Killed mid-trial, continued from the checkpoint with a new env object: the same win."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    calls = {"n": 0}
+    inner = walker("toy/apple")
+
+    def flaky(prompt) -> str:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("killed")
+        return inner(prompt)
+
+    graph = build_embodied_agent(
+        ScriptedPolicy(flaky), max_steps=6, max_trials=1, checkpointer=InMemorySaver()
+    )
+    config = {"configurable": {"thread_id": "t"}}
+    with pytest.raises(RuntimeError, match="killed"):
+        graph.invoke({"task_id": "toy/apple"}, config, context=AgentContext(env=ToyRoomsEnv()))
+    out = graph.invoke(None, config, context=AgentContext(env=ToyRoomsEnv()))
+    assert out["success"] and [s["action"] for s in out["trials"][0]["steps"]] == WALK("toy/apple")

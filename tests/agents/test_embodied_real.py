@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import pytest
@@ -14,21 +13,6 @@ from ponder.models import ScriptedPolicy
 
 pytest.importorskip("textworld")
 pytest.importorskip("scienceworld")
-
-
-def java_children() -> set[int]:
-    """Live ``java`` processes whose parent is this process (from /proc)."""
-    me, found = os.getpid(), set()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        comm, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
-        if comm == "java" and int(rest[1]) == me and rest[0] != "Z":
-            found.add(int(pid))
-    return found
 
 
 def follow(actions: list[str]) -> ScriptedPolicy:
@@ -66,7 +50,7 @@ def test_textworld_walkthrough_through_the_graph_wins(tw_cache, level):
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="ScienceWorld needs java on PATH")
 def test_scienceworld_gold_path_through_the_graph_wins_and_leaves_no_jvm():
-    from ponder.environments.scienceworld import ScienceWorldEnv
+    from ponder.environments.scienceworld import ScienceWorldEnv, java_children
 
     before = java_children()
     env = ScienceWorldEnv(tasks="find-plant", variations=1)

@@ -3,35 +3,19 @@
 from __future__ import annotations
 
 import gc
-import os
 import shutil
 import sys
 
 import pytest
 
 from ponder.environments import check_env
-from ponder.environments.scienceworld import ScienceWorldEnv, resolve_task, task_names
+from ponder.environments.scienceworld import ScienceWorldEnv, java_children, resolve_task, task_names
 from ponder.errors import ConfigError, DependencyNotInstalled, EnvError, UnknownName
 
 pytest.importorskip("scienceworld")
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="ScienceWorld needs java on PATH")
 
 BOIL, PLANT = "scienceworld/boil/0", "scienceworld/find-plant/0"
-
-
-def java_children() -> set[int]:
-    """Pids of live ``java`` processes whose parent is this test process (read from /proc)."""
-    me, found = os.getpid(), set()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        comm, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
-        if comm == "java" and int(rest[1]) == me and rest[0] != "Z":
-            found.add(int(pid))
-    return found
 
 
 @pytest.fixture(scope="module")
