@@ -192,7 +192,9 @@ def build_embodied_agent(
             "plan": [],
             "revisions": 0,
         }
-        if not state.get("trials") and memory is not None:
+        if memory is not None and "concept" in modes:  # every trial: lessons of earlier trials count too
+            out |= _lessons(memory, env.task_text(obs), state["task_id"], memory_k)
+        if memory is not None and not state.get("trials"):
             out |= _recall(memory, modes, env.task_text(obs), state["task_id"], runtime.context, memory_k)
         return out
 
@@ -362,18 +364,14 @@ def _seed(runtime: Runtime[AgentContext], state: EmbodiedState, what: str) -> in
 def _recall(
     memory: Any, modes: tuple[str, ...], task_text: str, task_id: str, ctx: AgentContext, k: int
 ) -> dict[str, Any]:
-    """Insights, reflections and solved-episode notes related to this task, from earlier episodes."""
-    out: dict[str, Any] = {"insights": [], "shown_insights": [], "memory_notes": []}
+    """Reflections and solved-episode notes from earlier episodes (at an episode's start)."""
+    out: dict[str, Any] = {"memory_notes": []}
     floor = float(getattr(memory.embedder, "related_similarity", 0.0))
     mine = (ctx.run_id, ctx.episode_id)
 
     def others(hits: list[Any]) -> list[Any]:
         return [h for h in hits if (h.record.provenance.run_id, h.record.provenance.episode_id) != mine]
 
-    if "concept" in modes:
-        hits = others(memory.search(task_text, kind="insight", k=k, where={"status": "active"}))
-        out["insights"] = [h.record.text for h in hits]
-        out["shown_insights"] = [h.record.id for h in hits]
     if "reflective" in modes:
         same = memory.list(kind="reflection", where={"task_id": task_id}, limit=k + 8)
         texts = [r.text for r in same if (r.provenance.run_id, r.provenance.episode_id) != mine]
@@ -388,6 +386,17 @@ def _recall(
                 acts = " ; ".join(good["action"].splitlines()[:20])
                 out["memory_notes"].append(f"A similar task was solved with these actions: {acts}")
     return out
+
+
+def _lessons(memory: Any, task_text: str, task_id: str, k: int) -> dict[str, Any]:
+    """CLIN's memory for a trial: active lessons written on this task (earlier trials and
+    episodes) first, then those nearest to the task's text from other tasks; ``k`` at most."""
+    active = {"status": "active"}
+    same = memory.list(kind="insight", where={**active, "task_id": task_id}, limit=k)
+    same.sort(key=lambda i: (-i.net, i.id))
+    near = [h.record for h in memory.search(task_text, kind="insight", k=k, where=active)]
+    chosen = list({i.id: i for i in [*same, *near]}.values())[:k]
+    return {"insights": [i.text for i in chosen], "shown_insights": [i.id for i in chosen]}
 
 
 def _prov(ctx: AgentContext, task_id: str, agent: str, policy: Any) -> Any:

@@ -14,7 +14,10 @@ at most 4 steps of 32 tokens) took 6 min 41 s wall (386 s of labelling after loa
 92 distinct solutions, 183 steps, solution accuracy 0.29, hard-positive steps 0.30;
 ``ponder prm train`` took 29 s wall (16 s for the backbone features, 1.4 s for 300 head
 epochs): held-out (10 tasks, 42 steps) step accuracy 0.64 vs 0.57 majority, AUC 0.69.
-The same run with 16 tasks: label 4 min 3 s, train 17 s.
+The same run with 16 tasks: label 4 min 3 s, train 17 s. ``ponder prm train``'s default
+``--layer auto`` (``select_layer``) also fits one head per candidate depth on dev tasks, from
+the same single backbone pass; on 280 tasks of labels the whole command took 1 min 51 s and
+chose layer 6 of 30 (held-out AUC 0.84, against 0.78 reading the last layer).
 
 Example:
     >>> from ponder.environments import make

@@ -295,3 +295,25 @@ def test_a_resumed_episode_replays_the_trial_in_a_fresh_env():
         graph.invoke({"task_id": "toy/apple"}, config, context=AgentContext(env=ToyRoomsEnv()))
     out = graph.invoke(None, config, context=AgentContext(env=ToyRoomsEnv()))
     assert out["success"] and [s["action"] for s in out["trials"][0]["steps"]] == WALK("toy/apple")
+
+
+def test_lessons_of_one_trial_reach_the_next_trial_of_the_same_episode(tmp_path):
+    """CLIN within a task: the lesson written after trial 1 is in trial 2's prompt."""
+    lesson = "ADD: dropping the lamp does not contribute to putting it on the shelf"
+
+    def reply(prompt) -> str:
+        if "cause-and-effect" in prompt.messages[0].content:
+            return lesson
+        return _lamp_policy()(prompt)
+
+    store = _store(tmp_path)
+    try:
+        policy = ScriptedPolicy(reply)
+        graph = build_embodied_agent(policy, memory=store, max_steps=5, max_trials=2, memory_modes="concept")
+        out = _run(graph, "toy/lamp", run_id="r", episode_id="e1")
+        acts = [p for p in policy.prompts if "Actions you can take" in _text(p)]
+        assert "dropping the lamp does not contribute" not in _text(acts[0])
+        assert "dropping the lamp does not contribute" in _text(acts[-1])
+        assert out["success"]
+    finally:
+        store.close()
