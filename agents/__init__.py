@@ -6,13 +6,14 @@ max_trials=..., **kw)``.
 Example:
     >>> from ponder.agents import AGENTS
     >>> sorted(AGENTS)
-    ['embodied', 'embodied-plan', 'embodied-retry', 'reflexion', 'retry', 'search']
+    ['debate', 'embodied', 'embodied-plan', 'embodied-retry', 'reflexion', 'retry', 'search']
 """
 
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from ponder.agents.debate import build_debate
 from ponder.agents.embodied import EmbodiedState, build_embodied_agent
 from ponder.agents.prompts import ReflexionPrompts, parse_reflection
 from ponder.agents.reflexion import build_reflexion, build_retry, route_after_evaluate
@@ -30,6 +31,7 @@ __all__ = [
     "ReflexionPrompts",
     "SearchActor",
     "TrialRecord",
+    "build_debate",
     "build_embodied_agent",
     "build_reflexion",
     "build_retry",
@@ -43,6 +45,7 @@ AGENTS: dict[str, Callable[..., Any]] = {
     "reflexion": build_reflexion,
     "retry": build_retry,
     "search": build_search_agent,
+    "debate": build_debate,
     "embodied": partial(build_embodied_agent, name="embodied"),
     "embodied-plan": partial(build_embodied_agent, plan=True, name="embodied-plan"),
     "embodied-retry": partial(build_embodied_agent, reflect=False, name="embodied-retry"),
@@ -58,6 +61,8 @@ AGENT_DESCRIPTIONS: dict[str, str] = {
     "reflexion": "act, evaluate, self-reflect on failure, retry with the reflections (Shinn et al. 2023)",
     "retry": "the same loop without reflection: the resampling baseline for reflexion",
     "search": "PRM-guided search per task (beam, DVTS, best-of-N, MCTS, LATS, ...; --algorithm, --prm)",
+    "debate": "multi-agent debate: --agents N answer, read each other's answers for --rounds R, "
+    "then --aggregator majority|judge decides (Du et al. 2023)",
     "embodied": "think/act loop in a text world, actions grounded to admissible ones; Reflexion across "
     "trials; CLIN causal lessons in memory (--memory-modes concept)",
     "embodied-plan": "the embodied agent that plans first and revises the plan when an observation contradicts it",

@@ -95,6 +95,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     s.add_argument("--step-tokens", type=int, help="new tokens per search step (default 48)")
     s.add_argument("--max-steps", type=int, help="steps per searched solution at most (default 8)")
+    m = p.add_argument_group("multi-agent (--agent debate)")
+    m.add_argument("--agents", type=int, help="debaters (default 3)")
+    m.add_argument("--rounds", type=int, help="debate rounds, the first included (default 2)")
+    m.add_argument(
+        "--aggregator", choices=["majority", "judge"], help="how a debate decides (default majority)"
+    )
     e = p.add_argument_group("embodied agents (--agent embodied, embodied-plan, embodied-retry)")
     e.add_argument("--env-steps", type=int, help="actions per trial at most (default 30)")
     p.add_argument("--script", action="append", help="a reply of the scripted policy (repeatable)")
@@ -135,6 +141,9 @@ def _config_from_args(a: argparse.Namespace) -> Any:
         "step_tokens": a.step_tokens,
         "max_steps": a.max_steps,
         "env_steps": a.env_steps,
+        "agents": a.agents,
+        "rounds": a.rounds,
+        "aggregator": a.aggregator,
     }
     given = {k: v for k, v in flags.items() if v is not None}
     if a.env_arg or a.task:

@@ -68,6 +68,9 @@ class RunConfig:
         step_tokens: new tokens per search step.
         max_steps: steps per searched solution at most.
         env_steps: actions per trial at most, for the embodied agents.
+        agents: debaters (the ``debate`` agent).
+        rounds: debate rounds, the first (independent answers) included.
+        aggregator: how a debate decides: ``majority`` or ``judge``.
     """
 
     agent: str = "reflexion"
@@ -101,6 +104,9 @@ class RunConfig:
     step_tokens: int = 48
     max_steps: int = 8
     env_steps: int = 30
+    agents: int = 3
+    rounds: int = 2
+    aggregator: str = "majority"
 
     def __post_init__(self) -> None:
         for key, lo in (
@@ -112,9 +118,13 @@ class RunConfig:
             ("step_tokens", 1),
             ("max_steps", 1),
             ("env_steps", 1),
+            ("agents", 1),
+            ("rounds", 1),
         ):
             if getattr(self, key) < lo:
                 raise ConfigError(f"{key} must be >= {lo}, got {getattr(self, key)}")
+        if self.aggregator not in ("majority", "judge"):
+            raise ConfigError(f"aggregator must be majority or judge, got {self.aggregator!r}")
         if self.policy not in ("local", "openai", "scripted"):
             raise ConfigError(f"policy must be local, openai or scripted, got {self.policy!r}")
         if self.temperature < 0:

@@ -101,6 +101,9 @@ DEFINING = (
     "step_tokens",
     "max_steps",
     "env_steps",
+    "agents",
+    "rounds",
+    "aggregator",
 )
 
 
@@ -223,6 +226,8 @@ def check_search(cfg: RunConfig) -> None:
 def agent_options(cfg: RunConfig, policy: Policy) -> dict[str, Any]:
     """The agent factory's own keyword arguments for ``cfg`` (search, memory modes, sampling)."""
     params = SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature)
+    if cfg.agent == "debate":
+        return {"params": params, "n_agents": cfg.agents, "rounds": cfg.rounds, "aggregator": cfg.aggregator}
     if cfg.agent in EMBODIED:
         return {"params": params, "memory_modes": cfg.memory_modes, "max_steps": cfg.env_steps}
     if cfg.agent != "search" and not cfg.actor_search:
