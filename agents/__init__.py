@@ -6,7 +6,7 @@ max_trials=..., **kw)``.
 Example:
     >>> from ponder.agents import AGENTS
     >>> sorted(AGENTS)
-    ['debate', 'embodied', 'embodied-plan', 'embodied-retry', 'reflexion', 'retry', 'search']
+    ['debate', 'embodied', 'embodied-plan', 'embodied-retry', 'reflexion', 'retry', 'search', 'team']
 """
 
 from collections.abc import Callable
@@ -19,6 +19,8 @@ from ponder.agents.prompts import ReflexionPrompts, parse_reflection
 from ponder.agents.reflexion import build_reflexion, build_retry, route_after_evaluate
 from ponder.agents.search_agent import SearchActor, build_search_agent
 from ponder.agents.state import AgentContext, EpisodeState, TrialRecord
+from ponder.agents.team import build_team, build_team_agent
+from ponder.agents.topology import make_topology
 
 __all__ = [
     "AGENTS",
@@ -36,6 +38,8 @@ __all__ = [
     "build_reflexion",
     "build_retry",
     "build_search_agent",
+    "build_team",
+    "make_topology",
     "parse_reflection",
     "route_after_evaluate",
 ]
@@ -46,6 +50,7 @@ AGENTS: dict[str, Callable[..., Any]] = {
     "retry": build_retry,
     "search": build_search_agent,
     "debate": build_debate,
+    "team": build_team_agent,
     "embodied": partial(build_embodied_agent, name="embodied"),
     "embodied-plan": partial(build_embodied_agent, plan=True, name="embodied-plan"),
     "embodied-retry": partial(build_embodied_agent, reflect=False, name="embodied-retry"),
@@ -55,7 +60,7 @@ AGENTS: dict[str, Callable[..., Any]] = {
 EMBODIED: frozenset[str] = frozenset({"embodied", "embodied-plan", "embodied-retry"})
 
 #: agents that read or write memory; the runner opens a store only for these
-USES_MEMORY: frozenset[str] = frozenset({"reflexion", *EMBODIED})
+USES_MEMORY: frozenset[str] = frozenset({"reflexion", "team", *EMBODIED})
 
 AGENT_DESCRIPTIONS: dict[str, str] = {
     "reflexion": "act, evaluate, self-reflect on failure, retry with the reflections (Shinn et al. 2023)",
@@ -63,6 +68,8 @@ AGENT_DESCRIPTIONS: dict[str, str] = {
     "search": "PRM-guided search per task (beam, DVTS, best-of-N, MCTS, LATS, ...; --algorithm, --prm)",
     "debate": "multi-agent debate: --agents N answer, read each other's answers for --rounds R, "
     "then --aggregator majority|judge decides (Du et al. 2023)",
+    "team": "agents on a networkx topology (--topology chain|star|mesh|layered|random, --agents N); "
+    "team reflection assigns advice per agent, kept in memory",
     "embodied": "think/act loop in a text world, actions grounded to admissible ones; Reflexion across "
     "trials; CLIN causal lessons in memory (--memory-modes concept)",
     "embodied-plan": "the embodied agent that plans first and revises the plan when an observation contradicts it",

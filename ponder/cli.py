@@ -95,9 +95,14 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     s.add_argument("--step-tokens", type=int, help="new tokens per search step (default 48)")
     s.add_argument("--max-steps", type=int, help="steps per searched solution at most (default 8)")
-    m = p.add_argument_group("multi-agent (--agent debate)")
-    m.add_argument("--agents", type=int, help="debaters (default 3)")
-    m.add_argument("--rounds", type=int, help="debate rounds, the first included (default 2)")
+    m = p.add_argument_group("multi-agent (--agent debate, team)")
+    m.add_argument("--agents", type=int, help="debaters, or a team's working agents (default 3)")
+    m.add_argument(
+        "--rounds", type=int, help="debate rounds, the first included; a team's cycle rounds (default 2)"
+    )
+    m.add_argument(
+        "--topology", help="the team's topology: chain, star, mesh, layered, random (default star)"
+    )
     m.add_argument(
         "--aggregator", choices=["majority", "judge"], help="how a debate decides (default majority)"
     )
@@ -144,6 +149,7 @@ def _config_from_args(a: argparse.Namespace) -> Any:
         "agents": a.agents,
         "rounds": a.rounds,
         "aggregator": a.aggregator,
+        "topology": a.topology,
     }
     given = {k: v for k, v in flags.items() if v is not None}
     if a.env_arg or a.task:

@@ -71,6 +71,7 @@ class RunConfig:
         agents: debaters (the ``debate`` agent).
         rounds: debate rounds, the first (independent answers) included.
         aggregator: how a debate decides: ``majority`` or ``judge``.
+        topology: the ``team`` agent's topology: chain, star, mesh, layered or random.
     """
 
     agent: str = "reflexion"
@@ -107,6 +108,7 @@ class RunConfig:
     agents: int = 3
     rounds: int = 2
     aggregator: str = "majority"
+    topology: str = "star"
 
     def __post_init__(self) -> None:
         for key, lo in (
@@ -123,6 +125,10 @@ class RunConfig:
         ):
             if getattr(self, key) < lo:
                 raise ConfigError(f"{key} must be >= {lo}, got {getattr(self, key)}")
+        from ponder.agents.topology import TOPOLOGIES
+
+        if self.topology not in TOPOLOGIES:
+            raise ConfigError(f"unknown topology {self.topology!r}; use one of {', '.join(TOPOLOGIES)}")
         if self.aggregator not in ("majority", "judge"):
             raise ConfigError(f"aggregator must be majority or judge, got {self.aggregator!r}")
         if self.policy not in ("local", "openai", "scripted"):

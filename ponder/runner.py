@@ -104,6 +104,7 @@ DEFINING = (
     "agents",
     "rounds",
     "aggregator",
+    "topology",
 )
 
 
@@ -189,6 +190,10 @@ def run(
             checkpointer=SqliteSaver(conn),
             **agent_options(cfg, policy),
         )
+        if getattr(graph, "topology", None) is not None:  # teams: a picture of who talks to whom
+            from ponder.agents.topology import draw_topology
+
+            draw_topology(graph.topology, cfg.run_dir / "topology.png")
         todo = [t for t in task_ids if _episode_id(t, cfg.seed) not in episodes]
 
         def one(task_id: str) -> None:
@@ -226,6 +231,8 @@ def check_search(cfg: RunConfig) -> None:
 def agent_options(cfg: RunConfig, policy: Policy) -> dict[str, Any]:
     """The agent factory's own keyword arguments for ``cfg`` (search, memory modes, sampling)."""
     params = SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature)
+    if cfg.agent == "team":
+        return {"params": params, "topology": cfg.topology, "n_agents": cfg.agents, "rounds": cfg.rounds}
     if cfg.agent == "debate":
         return {"params": params, "n_agents": cfg.agents, "rounds": cfg.rounds, "aggregator": cfg.aggregator}
     if cfg.agent in EMBODIED:
