@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ponder.memory.insights import InsightBook, Operation, comparison_prompt, parse_operations
 from ponder.memory.records import (
     KINDS,
+    Design,
     Experience,
     Insight,
     Provenance,
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KINDS",
+    "Design",
     "Experience",
     "HashingEmbeddingFunction",
     "Hit",

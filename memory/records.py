@@ -31,6 +31,7 @@ from ponder.errors import ConfigError
 __all__ = [
     "KINDS",
     "METADATA_KEYS",
+    "Design",
     "Experience",
     "Insight",
     "Provenance",
@@ -308,6 +309,49 @@ class Insight(_RecordMixin):
         return self.text
 
 
+@dataclass
+class Design(_RecordMixin):
+    """One agent design tried by system search (``ponder optimize``), with its scores.
+
+    Attributes:
+        text: what the design is, in words (the instruction; the modules; the team's roles and
+            channels): the document that is embedded, so similar designs are found again.
+        level: ``"prompt"``, ``"module"`` or ``"agent"``.
+        spec: the design itself, JSON-ready (an instruction, module settings, a topology in
+            networkx node-link form).
+        scores: ``{"dev": ..., "heldout": ...}`` success rates (held out once scored).
+        tokens: tokens its evaluation spent.
+        iteration: the search step that proposed it (0: the starting design).
+    """
+
+    kind: ClassVar[str] = "design"
+    _doc_field: ClassVar[str | None] = "text"
+    _json_fields: ClassVar[tuple[str, ...]] = ("spec", "scores")
+
+    text: str
+    level: str = "prompt"
+    spec: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
+    tokens: int = 0
+    iteration: int = 0
+    provenance: Provenance = field(default_factory=Provenance)
+    id: str = field(default_factory=_new_id)
+
+    def __post_init__(self) -> None:
+        self._check_common()
+        _check(self.level, ("prompt", "module", "agent"), "Design.level")
+        if not self.text.strip():
+            raise ConfigError("Design.text is empty; describe the design in words")
+        self.tokens = int(self.tokens)
+
+    @property
+    def dev(self) -> float:
+        return float(self.scores.get("dev", 0.0))
+
+    def document(self) -> str:
+        return self.text
+
+
 def _clip(value: Any) -> str:
     if value is None:
         return ""
@@ -316,14 +360,14 @@ def _clip(value: Any) -> str:
     return text if len(text) <= _STEP_CHARS else text[: _STEP_CHARS - 1] + "…"
 
 
-Record = Reflection | Experience | Insight
+Record = Reflection | Experience | Insight | Design
 """Any memory record."""
 
-_BY_KIND: dict[str, type[Reflection] | type[Experience] | type[Insight]] = {
-    cls.kind: cls for cls in (Reflection, Experience, Insight)
+_BY_KIND: dict[str, type[Reflection] | type[Experience] | type[Insight] | type[Design]] = {
+    cls.kind: cls for cls in (Reflection, Experience, Insight, Design)
 }
 KINDS: tuple[str, ...] = tuple(_BY_KIND)
-"""The record kinds: ``("reflection", "experience", "insight")``."""
+"""The record kinds: ``("reflection", "experience", "insight", "design")``."""
 
 METADATA_KEYS: frozenset[str] = frozenset(
     {"kind", *_PROVENANCE_KEYS}

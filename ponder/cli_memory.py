@@ -35,7 +35,7 @@ from ponder.errors import ConfigError
 
 __all__ = ["add_memory_parser"]
 
-_KINDS = ("reflection", "experience", "insight")
+_KINDS = ("reflection", "experience", "insight", "design")
 # C0/C1 controls (tab and newline kept apart) and bidi overrides: escaped before display
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 

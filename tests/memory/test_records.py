@@ -11,6 +11,7 @@ from ponder.errors import ConfigError
 from ponder.memory.records import (
     KINDS,
     METADATA_KEYS,
+    Design,
     Experience,
     Insight,
     Provenance,
@@ -44,6 +45,16 @@ def _samples():
         ),
         Experience("What is 6 + 7?", TRAJ, "success", score=1, tokens=42, provenance=PROV, id="e1"),
         Insight("Check each column sum.", upvotes=3, downvotes=1, status="retired", provenance=PROV, id="i1"),
+        Design(
+            "Instruction: add column by column.",
+            level="prompt",
+            spec={"instruction": "Add column by column."},
+            scores={"dev": 0.5, "heldout": 0.4},
+            tokens=900,
+            iteration=2,
+            provenance=PROV,
+            id="d1",
+        ),
     ]
 
 
@@ -108,7 +119,7 @@ def test_created_at_is_normalised_to_utc_so_strings_sort_in_time_order():
 
 
 def test_kinds():
-    assert KINDS == ("reflection", "experience", "insight")
+    assert KINDS == ("reflection", "experience", "insight", "design")
     assert [r.kind for r in _samples()] == list(KINDS)
 
 

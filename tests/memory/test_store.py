@@ -117,7 +117,7 @@ def test_delete(filled):
 def test_stats(filled):
     s = filled.stats()
     assert s["total"] == 5
-    assert s["by_kind"] == {"reflection": 3, "experience": 1, "insight": 1}
+    assert s["by_kind"] == {"reflection": 3, "experience": 1, "insight": 1, "design": 0}
     assert s["embedder"] == "ponder-hashing(dim=256)" and s["dim"] == 256
     assert s["path"] == str(filled.path) and s["collection"] == "ponder"
 

@@ -172,7 +172,7 @@ def test_list_filters_delete_where_and_stats(store):
     assert [r.id for r in store.list(kind="reflection", where={"run_id": "run-2"})] == ["r2"]
     s = store.stats()
     assert s["total"] == 6 and s["mode"] == "w"
-    assert s["by_kind"] == {"reflection": 2, "experience": 2, "insight": 2}
+    assert s["by_kind"] == {"reflection": 2, "experience": 2, "insight": 2, "design": 0}
     assert s["by_env"] == {"art": 2, "math": 4}
     assert s["by_outcome"] == {"success": 1, "failure": 1}
     assert s["insights"] == {
@@ -184,7 +184,7 @@ def test_list_filters_delete_where_and_stats(store):
     assert store.delete_where({"env": "math"}, kind="experience") == 2
     assert {r.id for r in store.list()} == {"r1", "i1"}
     assert store.clear() == 2 and store.clear() == 0
-    assert store.stats()["by_kind"] == {"reflection": 0, "experience": 0, "insight": 0}
+    assert store.stats()["by_kind"] == {"reflection": 0, "experience": 0, "insight": 0, "design": 0}
 
 
 _REOPEN = textwrap.dedent(
