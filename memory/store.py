@@ -47,7 +47,7 @@ from ponder.memory.backend import (
 from ponder.memory.embeddings import embedder_label
 from ponder.memory.io import clean_record, read_jsonl, write_jsonl
 from ponder.memory.lock import IoLock, WriterLock
-from ponder.memory.records import Experience, Insight, Record, Reflection, record_from_chroma
+from ponder.memory.records import Design, Experience, Insight, Record, Reflection, record_from_chroma
 from ponder.memory.retrieval import Hit, build_where
 from ponder.memory.session import Session
 from ponder.memory.stats import summarize
@@ -61,7 +61,7 @@ __all__ = ["MemoryStore", "open_store"]
 
 log = logging.getLogger(__name__)
 
-_RECORD_TYPES = (Reflection, Experience, Insight)
+_RECORD_TYPES = (Reflection, Experience, Insight, Design)
 _INCLUDE = ["documents", "metadatas"]
 _EMBED_CHARS = 4000  # MiniLM reads 256 word pieces; the stored document is never clipped
 
@@ -174,7 +174,7 @@ class MemoryStore:
         for r in records:
             if not isinstance(r, _RECORD_TYPES):
                 raise ConfigError(
-                    f"MemoryStore stores Reflection, Experience or Insight records, not {type(r).__name__}"
+                    f"MemoryStore stores Reflection, Experience, Insight or Design records, not {type(r).__name__}"
                 )
         unique = builtins.list({r.id: clean_record(r) for r in records}.values())  # last write wins
         size = self._session.batch_size()

@@ -327,10 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(fn=cmd_tree)
 
     from ponder.cli_memory import add_memory_parser
+    from ponder.cli_optimize import add_optimize_parser
     from ponder.cli_prm import add_prm_parser
 
     add_memory_parser(sub)
     add_prm_parser(sub)
+    add_optimize_parser(sub)
     return p
 
 
