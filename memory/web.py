@@ -38,7 +38,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from ponder.errors import BackendError, ConfigError
-from ponder.memory.records import KINDS, Experience, Insight, Record
+from ponder.memory.records import KINDS, Design, Experience, Insight, Record
 
 __all__ = ["make_server", "serve"]
 
@@ -141,6 +141,8 @@ def _summary(record: Record) -> tuple[str, str]:
         text, state = record.text, f"{record.status} +{record.upvotes}/-{record.downvotes}"
     elif isinstance(record, Experience):
         text, state = record.task, record.outcome
+    elif isinstance(record, Design):
+        text, state = record.text, f"{record.level}, dev {record.dev:.0%}"
     else:
         text, state = record.text, f"trial {record.trial}"
     text = " ".join(text.split())

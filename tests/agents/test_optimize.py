@@ -165,3 +165,21 @@ def test_cli_optimize_writes_the_history(tmp_path, capsys):
     assert len(data["history"]) == 6 and data["best"]["scores"]["heldout"] >= 0
     assert main([*argv, "--name", "o"]) == 2  # nothing already written is overwritten
     assert "already holds" in capsys.readouterr().err
+
+
+def test_designs_show_in_the_memory_cli_and_web_page(tmp_path, capsys):
+    from ponder.cli import main
+    from ponder.memory import Design, MemoryStore
+    from ponder.memory.web import _summary
+
+    d = Design(
+        "Instruction: carry the tens.",
+        level="prompt",
+        spec={"instruction": "carry the tens"},
+        scores={"dev": 0.5},
+    )
+    assert _summary(d) == ("Instruction: carry the tens.", "prompt, dev 50%")
+    with MemoryStore.open(tmp_path / "mem", embedder="hashing") as store:
+        store.add(d)
+    assert main(["memory", "ls", "--memory", str(tmp_path / "mem"), "--kind", "design", "--json"]) == 0
+    assert "carry the tens" in capsys.readouterr().out

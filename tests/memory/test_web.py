@@ -242,7 +242,12 @@ def test_json_api(server):
         data["kind"] == "insight" and data["supports"] == ["ep-1"] and data["provenance"]["run_id"] == "run-2"
     )
     status, _, body = fetch(server, "/api/stats")
-    assert status == 200 and json.loads(body)["by_kind"] == {"reflection": 2, "experience": 2, "insight": 2, "design": 0}
+    assert status == 200 and json.loads(body)["by_kind"] == {
+        "reflection": 2,
+        "experience": 2,
+        "insight": 2,
+        "design": 0,
+    }
     status, _, body = fetch(server, "/stats")
     assert status == 200 and "embedder" in body
 
