@@ -103,8 +103,14 @@ class OptimizeResult:
     tokens: int
     stopped_by_budget: bool
 
+    @property
+    def start(self) -> Any:
+        """The design the search started from (for modules: the first combination)."""
+        return self.history[0] if self.history else self.best
+
     def to_dict(self) -> dict[str, Any]:
         return {
+            "start": self.start.to_dict(),
             "best": self.best.to_dict(),
             "history": [d.to_dict() for d in self.history],
             "tokens": self.tokens,
@@ -184,12 +190,14 @@ def _finish(
     memory: Any,
     stopped: bool,
 ) -> OptimizeResult:
-    """Score the best design on the held-out tasks (outside the budget: it is the report) and store it."""
-    if heldout:
-        ev = evaluate_design(build(best), env, heldout, seed=seed)
-        best.scores = {**best.scores, "heldout": ev.score}
+    """Score the best design, and the starting one for "before and after", on the held-out tasks
+    (outside the budget: this is the report, not the search) and store them with those scores."""
+    scored = [history[0], best] if history and history[0] is not best else [best]
+    for d in scored if heldout else []:
+        ev = evaluate_design(build(d), env, heldout, seed=seed)
+        d.scores = {**d.scores, "heldout": ev.score}
     if memory is not None:
-        memory.add(best)  # again, with its held-out score
+        memory.add_many(scored)  # again, with their held-out scores
     return OptimizeResult(best, history, budget.spent, stopped)
 
 

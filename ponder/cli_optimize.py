@@ -78,13 +78,11 @@ def cmd_optimize(a: argparse.Namespace) -> int:
     print(f"{'iter':>4} {'dev':>6} {'tokens':>8}  design")
     for d in result.history:
         print(f"{d.iteration:>4} {d.dev:>6.0%} {d.tokens:>8}  {' '.join(d.text.split())[:100]}")
+    for label, d in (("start", result.start), ("best", result.best)):
+        held = d.scores.get("heldout")
+        print(f"{label}: dev {d.dev:.0%}" + (f", held-out {held:.0%}" if held is not None else ""))
+    print(f"{result.tokens} tokens spent{', budget exhausted' if result.stopped_by_budget else ''}")
     b = result.best
-    held = b.scores.get("heldout")
-    print(
-        f"best: dev {b.dev:.0%}"
-        + (f", held-out {held:.0%}" if held is not None else "")
-        + f"  ({result.tokens} tokens spent{', budget exhausted' if result.stopped_by_budget else ''})"
-    )
     print(f"best design: {b.text}")
     print(f"results: {out / 'optimize.json'}")
     return 0

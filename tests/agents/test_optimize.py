@@ -62,11 +62,12 @@ def test_prompt_search_finds_the_key_and_keeps_the_history_in_memory(tmp_path):
         )
         assert [d.dev for d in result.history] == [0.0, 0.0, 1.0]  # start, "Be brief.", the key
         assert KEY in result.best.spec["instruction"] and result.best.scores["heldout"] == 1.0
+        assert result.start.iteration == 0 and result.start.scores["heldout"] == 0.0  # before and after
         # the optimizer saw the failures (textual feedback) and the scored instructions
         meta = optimizer.prompts[1].messages[-1].content
         assert "Feedback:" in meta and "0%: > Be brief." in meta
         stored = store.list(kind="design", where={"level": "prompt"})
-        assert len(stored) == 3 and max(d.dev for d in stored) == 1.0
+        assert len(stored) == 3 and {d.scores.get("heldout") for d in stored} == {0.0, 1.0, None}
         assert result.tokens > 0 and sum(d.tokens for d in result.history) <= result.tokens
     finally:
         store.close()
@@ -160,7 +161,7 @@ def test_cli_optimize_writes_the_history(tmp_path, capsys):
     ]
     assert main([*argv, "--name", "o"]) == 0
     out = capsys.readouterr().out
-    assert "best: dev" in out and "held-out" in out
+    assert "best: dev" in out and "start: dev" in out and "held-out" in out
     data = json.loads((tmp_path / "o" / "optimize.json").read_text())
     assert len(data["history"]) == 6 and data["best"]["scores"]["heldout"] >= 0
     assert main([*argv, "--name", "o"]) == 2  # nothing already written is overwritten
