@@ -243,7 +243,10 @@ def _meta_prompt(current: Any, tried: Sequence[Any], failures: Sequence[dict[str
         "What in the instruction led to these failures? Write an improved instruction that fixes it, "
         "different from all the ones tried, between <INS> and </INS>."
     )
-    return Prompt((Message("system", OPTIMIZER_SYSTEM), Message("user", "\n\n".join(parts))))
+    # the reply starts inside the tag and stops at its end: small models keep the format so
+    return Prompt(
+        (Message("system", OPTIMIZER_SYSTEM), Message("user", "\n\n".join(parts))), assistant_prefix="<INS>"
+    )
 
 
 def optimize_prompt(
@@ -290,10 +293,11 @@ def optimize_prompt(
             budget.check()
             tried = _retrieve(memory, history, "prompt", current.text, 4, env.name)
             c = optimizer.generate(
-                [_meta_prompt(current, tried, failures)], dataclasses.replace(params, n=1, seed=seed + it)
+                [_meta_prompt(current, tried, failures)],
+                dataclasses.replace(params, n=1, seed=seed + it, stop=(*params.stop, "</INS>")),
             )[0][0]
             budget.charge(c.prompt_tokens + c.completion_tokens)
-            new = parse_instruction(c.text)
+            new = parse_instruction(c.text if "<INS>" in c.text.upper() else "<INS>" + c.text)
             if not new or any(new == d.spec["instruction"] for d in history):
                 log.info("iteration %d: no new instruction in the optimizer's reply", it)
                 continue
