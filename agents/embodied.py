@@ -232,7 +232,7 @@ def build_embodied_agent(
         # the reply continues the assistant prefix ("Think:"), unless it restates the labels itself
         labelled = re.match(r"\s*(?:think|thought|action)\s*:", c.text, re.IGNORECASE)
         thought, raw = parse_react(c.text if labelled else prompt.assistant_prefix + c.text)
-        g = grounder(raw, admissible)
+        g = grounder(raw, admissible, getattr(env, "guarded_verbs", ()))
         sent = g.action or "look"  # an empty reply still spends the turn, as a harmless look
         obs, reward, terminated, truncated, info = env.step(sent)
         score = float(info.get("score", state.get("score", 0.0)))

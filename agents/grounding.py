@@ -165,7 +165,9 @@ class Grounder:
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
-    def __call__(self, raw: str, admissible: Sequence[str]) -> Grounded:
+    def __call__(self, raw: str, admissible: Sequence[str], guarded: Sequence[str] = ()) -> Grounded:
+        """Ground ``raw``; actions whose verb is in ``guarded`` are taken only when ``raw`` starts
+        with that verb (irreversible actions are never a guess)."""
         text = clean_action(raw)
         if not admissible:
             return Grounded(raw, text, "raw" if text else "empty", 0.0 if not text else 1.0)
@@ -179,7 +181,8 @@ class Grounder:
                 return Grounded(raw, a, "normalised")
         verb = norm.split()[0] if norm else ""
         if verb not in VERBS:  # not a command at all (a chatty reply): the nearest action is the best guess
-            best, sim = self._nearest(text, list(admissible))
+            safe = [a for a in admissible if normalise(a).split()[:1] not in [[g] for g in guarded]]
+            best, sim = self._nearest(text, safe or list(admissible))
             return Grounded(raw, best, "similar", sim)
         pool = [a for a in admissible if normalise(a).split()[:1] == [verb]]
         if not pool:  # e.g. "open" when every door is open: send it as written

@@ -68,6 +68,9 @@ class TextEnv(gym.Env[str, str]):
     #: True when one action ends the episode (the answer is graded at once).
     single_step: ClassVar[bool] = False
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
+    #: verbs of actions that cannot be undone (ScienceWorld's "focus on"): an agent takes such an
+    #: action only when the model wrote that verb, never as the nearest guess to other text
+    guarded_verbs: ClassVar[tuple[str, ...]] = ()
     #: worked (observation, reply) pairs in the env's answer format, for few-shot prompts;
     #: drawn apart from the tasks, never one of them.
     fewshot: tuple[tuple[str, str], ...] = ()

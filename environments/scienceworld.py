@@ -222,6 +222,9 @@ class ScienceWorldEnv(TextEnv):
     """
 
     name: ClassVar[str] = "scienceworld"
+    #: "focus on X" commits to X as the task's subject: the wrong X fails the task at once, so an
+    #: agent should take it only when the model asked for it, never as a guess (see ``Grounder``)
+    guarded_verbs: ClassVar[tuple[str, ...]] = ("focus",)
 
     def __init__(
         self,

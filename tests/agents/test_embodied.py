@@ -83,6 +83,10 @@ def test_grounding_rules():
     g = ground_action("open door to greenhouse", ["close door to greenhouse", "look around"])
     assert (g.action, g.method) == ("open door to greenhouse", "unmatched")
     assert ground_action("", acts).method == "empty"
+    # irreversible verbs are never a guess: chatty text avoids them, a command naming them gets them
+    risky = ["focus on bedroom", "look around"]
+    assert Grounder()("The bedroom is serene", risky, guarded=("focus",)).action == "look around"
+    assert Grounder()("focus on the bedroom", risky, guarded=("focus",)).action == "focus on bedroom"
     assert ground_action("anything at all", []).to_dict() == {
         "raw": "anything at all",
         "action": "anything at all",
