@@ -16,7 +16,7 @@ Example:
     >>> [r.text for r in store.list(kind="reflection", where={"env": "art"})]
     ['Mix the paint before you start.']
     >>> store.stats()["by_kind"]
-    {'reflection': 2, 'experience': 0, 'insight': 0}
+    {'reflection': 2, 'experience': 0, 'insight': 0, 'design': 0}
     >>> store.close()
 """
 
