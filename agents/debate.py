@@ -43,7 +43,7 @@ from langgraph.runtime import Runtime
 from typing_extensions import TypedDict
 
 from ponder.agents.reflexion import trial_seed
-from ponder.agents.state import AgentContext
+from ponder.agents.state import AgentContext, grade, start_single_step
 from ponder.errors import ConfigError
 from ponder.memory.retrieval import quote
 from ponder.models.types import Message, Policy, Prompt, SamplingParams
@@ -177,14 +177,7 @@ def build_debate(
     judge = judge or policies[0]
 
     def observe(state: DebateState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-        env = runtime.context.env
-        if not env.single_step:
-            raise ConfigError(
-                f"a debate grades one answer, but env {env.name!r} is multi-step; use an embodied agent"
-            )
-        obs, _ = env.reset(seed=runtime.context.seed, options={"task_id": state["task_id"]})
-        examples = [list(p) for p in env.examples_for(state["task_id"])]
-        return {"observation": obs, "task_text": env.task_text(obs), "examples": examples, "round": 0}
+        return {**start_single_step(runtime.context, state["task_id"], "a debate"), "round": 0}
 
     def debate_round(state: DebateState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         env, r = runtime.context.env, state.get("round", 0)
@@ -249,19 +242,15 @@ def build_debate(
         }
 
     def evaluate(state: DebateState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-        env = runtime.context.env
-        env.reset(seed=runtime.context.seed, options={"task_id": state["task_id"]})
-        _, reward, _, _, info = env.step(state["final"])
-        record = {
-            "trial": 0,
-            "action": state["final"],
-            "success": bool(info["success"]),
-            "score": float(info.get("score", reward)),
-            "feedback": str(info.get("feedback", "")),
-            "prompt_tokens": state.get("prompt_tokens", 0),
-            "completion_tokens": state.get("completion_tokens", 0),
-            "messages": state.get("messages", []),
-        }
+        record = grade(
+            runtime.context,
+            state["task_id"],
+            state["final"],
+            0,
+            prompt_tokens=state.get("prompt_tokens", 0),
+            completion_tokens=state.get("completion_tokens", 0),
+            messages=state.get("messages", []),
+        )
         return {"trials": [record], "success": record["success"]}
 
     def more(state: DebateState) -> Literal["round", "aggregate"]:

@@ -35,7 +35,8 @@ import itertools
 import json
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,6 +202,20 @@ def _finish(
     return OptimizeResult(best, history, budget.spent, stopped)
 
 
+@contextmanager
+def _until_spent(history: list[Any]) -> Iterator[list[bool]]:
+    """A search runs inside: a spent budget ends it and the best design so far stands (the
+    yielded list becomes ``[True]``); with nothing scored yet there is nothing to report: it raises."""
+    stopped: list[bool] = []
+    try:
+        yield stopped
+    except BudgetExceeded as e:
+        if not history:
+            raise
+        log.info("%s", e)
+        stopped.append(True)
+
+
 def _keep(memory: Any, history: list[Any], *designs: Any) -> None:
     """Record scored designs in the run's history and in memory at once, where the next
     proposal (and the next search) retrieves them; a design scored again is updated."""
@@ -283,8 +298,7 @@ def optimize_prompt(
 
     start = instruction or ReflexionPrompts().actor_system
     history: list[Any] = []
-    stopped = False
-    try:
+    with _until_spent(history) as stop:
         ev = evaluate_design(build(_TmpDesign({"instruction": start})), env, dev, seed=seed, budget=budget)
         best = current = _design(start, "prompt", {"instruction": start}, ev, 0, env)
         failures = ev.failures
@@ -309,12 +323,7 @@ def optimize_prompt(
                 current, failures = cand, ev.failures
             if cand.dev > best.dev:
                 best = cand
-    except BudgetExceeded as e:
-        log.info("%s", e)
-        stopped = True
-        if not history:
-            raise
-    return _finish(best, history, build, env, heldout, seed, budget, memory, stopped)
+    return _finish(best, history, build, env, heldout, seed, budget, memory, bool(stop))
 
 
 # -------------------------------------------------------------------------------- module level
@@ -376,8 +385,8 @@ def optimize_modules(
 
     history: list[Any] = []
     alive = [_design(_describe(c), "module", c, Evaluation(0.0, 0, []), 0, env) for c in combos]
-    n_tasks, rung, stopped = max(1, len(dev) // max(1, 2 ** (len(alive).bit_length() - 1))), 0, False
-    try:
+    n_tasks, rung = max(1, len(dev) // max(1, 2 ** (len(alive).bit_length() - 1))), 0
+    with _until_spent(history) as stop:
         while True:
             tasks = list(dev)[:n_tasks]
             for d in alive:
@@ -390,11 +399,8 @@ def optimize_modules(
                 break
             alive = sorted(alive, key=lambda d: -d.dev)[: max(1, len(alive) // 2)]
             n_tasks, rung = min(len(dev), n_tasks * 2), rung + 1
-    except BudgetExceeded as e:
-        log.info("%s", e)
-        stopped = True
     best = max(alive, key=lambda d: (d.scores.get("dev_tasks", 0), d.dev))
-    return _finish(best, history, build, env, heldout, seed, budget, memory, stopped)
+    return _finish(best, history, build, env, heldout, seed, budget, memory, bool(stop))
 
 
 def _describe(choice: dict[str, Any]) -> str:
@@ -478,9 +484,8 @@ def optimize_team(
         )
 
     history: list[Any] = []
-    stopped = False
     g0 = start if start is not None else make_topology("star", 2)
-    try:
+    with _until_spent(history) as stop:
         spec = {"topology": nx.node_link_data(g0, edges="edges")}
         ev = evaluate_design(build(_TmpDesign(spec)), env, dev, seed=seed, budget=budget)
         best = _design(_topology_text(g0), "agent", spec, ev, 0, env)
@@ -509,12 +514,7 @@ def optimize_team(
             _keep(memory, history, cand)
             if cand.dev > best.dev:
                 best = cand
-    except BudgetExceeded as e:
-        log.info("%s", e)
-        stopped = True
-        if not history:
-            raise
-    return _finish(best, history, build, env, heldout, seed, budget, memory, stopped)
+    return _finish(best, history, build, env, heldout, seed, budget, memory, bool(stop))
 
 
 @dataclass

@@ -37,7 +37,7 @@ from langgraph.runtime import Runtime
 
 from ponder.agents.memory_nodes import MemoryModes, parse_memory_modes
 from ponder.agents.prompts import ReflexionPrompts, parse_reflection
-from ponder.agents.state import AgentContext, EpisodeState, TrialRecord
+from ponder.agents.state import AgentContext, EpisodeState, grade, start_single_step
 from ponder.errors import ConfigError
 from ponder.models.types import Policy, SamplingParams
 
@@ -63,18 +63,13 @@ def route_after_evaluate(
 
 def evaluate_attempt(state: EpisodeState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     """Grade ``state["attempt"]`` in the env and append the trial (a graph node)."""
-    env = runtime.context.env
-    # Each trial is a fresh episode of the same task; resetting here also makes a
-    # resumed thread (new env object) correct.
-    env.reset(seed=runtime.context.seed, options={"task_id": state["task_id"]})
-    _, reward, _, _, info = env.step(state["attempt"])
     p_tok, c_tok = state.get("attempt_tokens", (0, 0))
-    record = TrialRecord(
-        trial=len(state.get("trials", [])),
-        action=state["attempt"],
-        success=bool(info["success"]),
-        score=float(info.get("score", reward)),
-        feedback=str(info.get("feedback", "")),
+    trial = len(state.get("trials", []))
+    record: Any = grade(
+        runtime.context,
+        state["task_id"],
+        state["attempt"],
+        trial,
         prompt_tokens=p_tok,
         completion_tokens=c_tok,
     )
@@ -114,17 +109,10 @@ def _build(
         )
 
     def observe(state: EpisodeState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-        env = runtime.context.env
-        if not env.single_step:
-            raise ConfigError(
-                f"{name} grades one answer per trial, but env {env.name!r} is multi-step; use the embodied agent"
-            )
         task_id = state["task_id"]
-        obs, _ = env.reset(seed=runtime.context.seed, options={"task_id": task_id})
-        key = env.task_text(obs)
-        recalled = mem.recall(task_id, key, runtime.context) if mem is not None else {}
-        examples = [list(pair) for pair in env.examples_for(task_id)]
-        return {"observation": obs, "task_text": key, "success": False, "examples": examples, **recalled}
+        start = start_single_step(runtime.context, task_id, name)
+        recalled = mem.recall(task_id, start["task_text"], runtime.context) if mem is not None else {}
+        return {**start, "success": False, **recalled}
 
     def act(state: EpisodeState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         trial = len(state.get("trials", []))

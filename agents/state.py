@@ -15,8 +15,9 @@ from typing import Annotated, Any
 from typing_extensions import TypedDict
 
 from ponder.environments.base import TextEnv
+from ponder.errors import ConfigError
 
-__all__ = ["AgentContext", "EpisodeState", "TrialRecord"]
+__all__ = ["AgentContext", "EpisodeState", "TrialRecord", "grade", "start_single_step"]
 
 
 class TrialRecord(TypedDict):
@@ -82,3 +83,34 @@ class AgentContext:
     run_id: str = ""
     episode_id: str = ""
     artifacts: Path | None = None
+
+
+def start_single_step(ctx: AgentContext, task_id: str, agent: str) -> dict[str, Any]:
+    """Reset ``ctx.env`` on ``task_id`` for an agent that answers once: the observation, the
+    task's own text and the env's worked examples; a multi-step env is refused in one line."""
+    env = ctx.env
+    if not env.single_step:
+        raise ConfigError(
+            f"{agent} grades one answer, but env {env.name!r} is multi-step; use an embodied agent"
+        )
+    obs, _ = env.reset(seed=ctx.seed, options={"task_id": task_id})
+    return {
+        "observation": obs,
+        "task_text": env.task_text(obs),
+        "examples": [list(p) for p in env.examples_for(task_id)],
+    }
+
+
+def grade(ctx: AgentContext, task_id: str, answer: str, trial: int, **extra: Any) -> dict[str, Any]:
+    """One answer graded in a fresh episode of ``task_id`` (so a resumed thread with a new env
+    object is graded right): the trial record ``{trial, action, success, score, feedback, ...}``."""
+    ctx.env.reset(seed=ctx.seed, options={"task_id": task_id})
+    _, reward, _, _, info = ctx.env.step(answer)
+    return {
+        "trial": trial,
+        "action": answer,
+        "success": bool(info["success"]),
+        "score": float(info.get("score", reward)),
+        "feedback": str(info.get("feedback", "")),
+        **extra,
+    }

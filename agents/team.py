@@ -44,7 +44,7 @@ from typing_extensions import TypedDict
 
 from ponder.agents.debate import _generate, majority_answer
 from ponder.agents.reflexion import trial_seed
-from ponder.agents.state import AgentContext
+from ponder.agents.state import AgentContext, grade, start_single_step
 from ponder.agents.topology import ROLES, check_topology, outputs, schedule
 from ponder.errors import ConfigError
 from ponder.memory.retrieval import quote
@@ -138,16 +138,8 @@ def build_team(
         return f"{name}/{node}"
 
     def observe(state: TeamState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-        env = runtime.context.env
-        if not env.single_step:
-            raise ConfigError(
-                f"a team grades one answer, but env {env.name!r} is multi-step; use an embodied agent"
-            )
-        obs, _ = env.reset(seed=runtime.context.seed, options={"task_id": state["task_id"]})
         out: dict[str, Any] = {
-            "observation": obs,
-            "task_text": env.task_text(obs),
-            "examples": [list(p) for p in env.examples_for(state["task_id"])],
+            **start_single_step(runtime.context, state["task_id"], "a team"),
             "step": 0,
             "trial": 0,
         }
@@ -226,20 +218,17 @@ def build_team(
         return {"answer": winner, "final": pick["text"]}
 
     def evaluate(state: TeamState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-        env, trial = runtime.context.env, state.get("trial", 0)
-        env.reset(seed=runtime.context.seed, options={"task_id": state["task_id"]})
-        _, reward, _, _, info = env.step(state["final"])
+        trial = state.get("trial", 0)
         msgs = [m for m in state.get("messages", []) if m.get("trial") == trial]
-        record = {
-            "trial": trial,
-            "action": state["final"],
-            "success": bool(info["success"]),
-            "score": float(info.get("score", reward)),
-            "feedback": str(info.get("feedback", "")),
-            "prompt_tokens": sum(m["prompt_tokens"] for m in msgs),
-            "completion_tokens": sum(m["completion_tokens"] for m in msgs),
-            "messages": msgs,
-        }
+        record = grade(
+            runtime.context,
+            state["task_id"],
+            state["final"],
+            trial,
+            prompt_tokens=sum(m["prompt_tokens"] for m in msgs),
+            completion_tokens=sum(m["completion_tokens"] for m in msgs),
+            messages=msgs,
+        )
         return {"trials": [record], "success": record["success"]}
 
     def reflect_node(state: TeamState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
