@@ -37,7 +37,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import operator
 import re
@@ -53,7 +52,7 @@ from ponder.agents.grounding import Grounder
 from ponder.agents.memory_nodes import parse_memory_modes
 from ponder.agents.prompts import parse_reflection
 from ponder.agents.reflexion import trial_seed
-from ponder.agents.state import AgentContext
+from ponder.agents.state import AgentContext, agent_provenance, remember_reflection
 from ponder.errors import ConfigError
 from ponder.models.types import Policy, SamplingParams
 
@@ -291,7 +290,7 @@ def build_embodied_agent(
         c = gen(prompt, learn_params, _seed(runtime, state, "reflect"))
         text = parse_reflection(c.text)
         if "reflective" in modes:
-            _remember_reflection(memory, text, state, last, runtime.context, name, policy)
+            remember_reflection(memory, text, last, runtime.context, state["task_id"], name, policy)
         return {"reflections": [text], **_tokens(c)}
 
     def after_act(state: EmbodiedState) -> Literal["act", "revise", "end_trial"]:
@@ -399,45 +398,6 @@ def _lessons(memory: Any, task_text: str, task_id: str, k: int) -> dict[str, Any
     return {"insights": [i.text for i in chosen], "shown_insights": [i.id for i in chosen]}
 
 
-def _prov(ctx: AgentContext, task_id: str, agent: str, policy: Any) -> Any:
-    from ponder.memory import Provenance
-
-    return Provenance(
-        run_id=ctx.run_id,
-        episode_id=ctx.episode_id,
-        env=ctx.env.name,
-        task_id=task_id,
-        agent=agent,
-        model=getattr(policy, "name", ""),
-        source="agent",
-        trusted=False,
-    )
-
-
-def _remember_reflection(
-    memory: Any,
-    text: str,
-    state: EmbodiedState,
-    trial: dict[str, Any],
-    ctx: AgentContext,
-    agent: str,
-    policy: Any,
-) -> None:
-    from ponder.memory import Reflection
-
-    rid = hashlib.blake2b(f"{ctx.run_id}/{ctx.episode_id}/{trial['trial']}".encode(), digest_size=12)
-    memory.add(
-        Reflection(
-            text=text,
-            failed_attempt=trial["action"][:2000],
-            feedback=trial["feedback"],
-            trial=trial["trial"],
-            provenance=_prov(ctx, state["task_id"], agent, policy),
-            id=rid.hexdigest(),
-        )
-    )
-
-
 def _learn_causal(
     memory: Any,
     policy: Policy,
@@ -463,7 +423,7 @@ def _learn_causal(
     report = book.apply(
         ops,
         shown=shown,
-        provenance=_prov(ctx, state["task_id"], agent, policy),
+        provenance=agent_provenance(ctx, state["task_id"], agent, policy),
         episode_ids=[ctx.episode_id],
         form="causal",
     )

@@ -25,14 +25,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ponder.agents.prompts import ReflexionPrompts, parse_reflection
-from ponder.agents.state import AgentContext, EpisodeState
+from ponder.agents.state import AgentContext, EpisodeState, agent_provenance, remember_reflection
 from ponder.errors import ConfigError
 from ponder.models.fake import count_tokens
 from ponder.models.types import Policy, SamplingParams
@@ -190,19 +189,7 @@ class MemoryModes:
         self, text: str, state: EpisodeState, trial: dict[str, Any], ctx: AgentContext
     ) -> None:
         """Store a reflection; one id per (run, episode, trial), so a resumed node overwrites."""
-        from ponder.memory import Reflection
-
-        rid = hashlib.blake2b(f"{ctx.run_id}/{ctx.episode_id}/{trial['trial']}".encode(), digest_size=12)
-        self.store.add(
-            Reflection(
-                text=text,
-                failed_attempt=trial["action"],
-                feedback=trial["feedback"],
-                trial=trial["trial"],
-                provenance=self._prov(state, ctx),
-                id=rid.hexdigest(),
-            )
-        )
+        remember_reflection(self.store, text, trial, ctx, state["task_id"], self.agent, self.policy)
 
     def learn(self, state: EpisodeState, ctx: AgentContext, seed: int) -> dict[str, Any]:
         """End-of-episode learning: reflect on a final failure, edit the insight set."""
@@ -266,18 +253,7 @@ class MemoryModes:
         return InsightBook(self.store)
 
     def _prov(self, state: EpisodeState, ctx: AgentContext) -> Any:
-        from ponder.memory import Provenance
-
-        return Provenance(
-            run_id=ctx.run_id,
-            episode_id=ctx.episode_id,
-            env=ctx.env.name,
-            task_id=state["task_id"],
-            agent=self.agent,
-            model=getattr(self.policy, "name", ""),
-            source="agent",
-            trusted=False,
-        )
+        return agent_provenance(ctx, state["task_id"], self.agent, self.policy)
 
 
 def _query(state: EpisodeState) -> str:

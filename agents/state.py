@@ -17,7 +17,15 @@ from typing_extensions import TypedDict
 from ponder.environments.base import TextEnv
 from ponder.errors import ConfigError
 
-__all__ = ["AgentContext", "EpisodeState", "TrialRecord", "grade", "start_single_step"]
+__all__ = [
+    "AgentContext",
+    "EpisodeState",
+    "TrialRecord",
+    "agent_provenance",
+    "grade",
+    "remember_reflection",
+    "start_single_step",
+]
 
 
 class TrialRecord(TypedDict):
@@ -114,3 +122,48 @@ def grade(ctx: AgentContext, task_id: str, answer: str, trial: int, **extra: Any
         "feedback": str(info.get("feedback", "")),
         **extra,
     }
+
+
+def agent_provenance(ctx: AgentContext, task_id: str, agent: str, policy: Any = None) -> Any:
+    """Provenance of text an agent wrote in this episode (untrusted: model text never is)."""
+    from ponder.memory import Provenance
+
+    return Provenance(
+        run_id=ctx.run_id,
+        episode_id=ctx.episode_id,
+        env=ctx.env.name,
+        task_id=task_id,
+        agent=agent,
+        model=getattr(policy, "name", "") if policy is not None else "",
+        source="agent",
+        trusted=False,
+    )
+
+
+def remember_reflection(
+    memory: Any,
+    text: str,
+    trial: dict[str, Any],
+    ctx: AgentContext,
+    task_id: str,
+    agent: str,
+    policy: Any = None,
+    *,
+    part: str = "",
+) -> None:
+    """Store a reflection on ``trial``; one id per (run, episode, trial, part), so a resumed node overwrites it."""
+    import hashlib
+
+    from ponder.memory import Reflection
+
+    rid = hashlib.blake2b(f"{ctx.run_id}/{ctx.episode_id}/{trial['trial']}{part}".encode(), digest_size=12)
+    memory.add(
+        Reflection(
+            text=text,
+            failed_attempt=str(trial["action"])[:2000],
+            feedback=trial["feedback"],
+            trial=trial["trial"],
+            provenance=agent_provenance(ctx, task_id, agent, policy),
+            id=rid.hexdigest(),
+        )
+    )

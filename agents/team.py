@@ -31,7 +31,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import operator
 import re
 from collections.abc import Sequence
@@ -44,7 +43,7 @@ from typing_extensions import TypedDict
 
 from ponder.agents.debate import _generate, majority_answer
 from ponder.agents.reflexion import trial_seed
-from ponder.agents.state import AgentContext, grade, start_single_step
+from ponder.agents.state import AgentContext, grade, remember_reflection, start_single_step
 from ponder.agents.topology import ROLES, check_topology, outputs, schedule
 from ponder.errors import ConfigError
 from ponder.memory.retrieval import quote
@@ -330,28 +329,5 @@ def _recall_advice(memory: Any, agents: list[str]) -> dict[str, list[str]]:
 def _store_advice(
     memory: Any, advice: dict[str, str], state: TeamState, trial: dict[str, Any], ctx: AgentContext, who: Any
 ) -> None:
-    from ponder.memory import Provenance, Reflection
-
     for node, text in advice.items():
-        rid = hashlib.blake2b(
-            f"{ctx.run_id}/{ctx.episode_id}/{trial['trial']}/{node}".encode(), digest_size=12
-        )
-        prov = Provenance(
-            run_id=ctx.run_id,
-            episode_id=ctx.episode_id,
-            env=ctx.env.name,
-            task_id=state["task_id"],
-            agent=who(node),
-            source="agent",
-            trusted=False,
-        )
-        memory.add(
-            Reflection(
-                text=text,
-                failed_attempt=trial["action"][:2000],
-                feedback=trial["feedback"],
-                trial=trial["trial"],
-                provenance=prov,
-                id=rid.hexdigest(),
-            )
-        )
+        remember_reflection(memory, text, trial, ctx, state["task_id"], who(node), part=f"/{node}")
