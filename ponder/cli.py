@@ -176,6 +176,9 @@ def _print_result(result: Any) -> None:
     console.print(f"  report    {result.report}")
     if result.plot:
         console.print(f"  plot      {result.plot}")
+    for extra in ("score_by_trial.png", "topology.png"):  # embodied runs; teams
+        if (result.run_dir / extra).exists():
+            console.print(f"  plot      {result.run_dir / extra}")
 
 
 def cmd_run(a: argparse.Namespace) -> int:
