@@ -202,6 +202,18 @@ def _finish(
     return OptimizeResult(best, history, budget.spent, stopped)
 
 
+def _baseline(graph: Any, env: Any, tasks: Sequence[str], seed: int, budget: TokenBudget) -> Evaluation:
+    """The search's starting design, scored on all of ``tasks`` whatever the budget (then charged),
+    so that however small the budget, the search has a design to report."""
+    ev = evaluate_design(graph, env, tasks, seed=seed)
+    budget.charge(ev.tokens)
+    return ev
+
+
+def _evaluate(graph: Any, env: Any, tasks: Sequence[str], seed: int, budget: TokenBudget) -> Evaluation:
+    return evaluate_design(graph, env, tasks, seed=seed, budget=budget)
+
+
 @contextmanager
 def _until_spent(history: list[Any]) -> Iterator[list[bool]]:
     """A search runs inside: a spent budget ends it and the best design so far stands (the
@@ -299,7 +311,7 @@ def optimize_prompt(
     start = instruction or ReflexionPrompts().actor_system
     history: list[Any] = []
     with _until_spent(history) as stop:
-        ev = evaluate_design(build(_TmpDesign({"instruction": start})), env, dev, seed=seed, budget=budget)
+        ev = _baseline(build(_TmpDesign({"instruction": start})), env, dev, seed, budget)
         best = current = _design(start, "prompt", {"instruction": start}, ev, 0, env)
         failures = ev.failures
         _keep(memory, history, current)
@@ -389,12 +401,14 @@ def optimize_modules(
     with _until_spent(history) as stop:
         while True:
             tasks = list(dev)[:n_tasks]
-            for d in alive:
-                ev = evaluate_design(build(d), env, tasks, seed=seed, budget=budget)
+            for i, d in enumerate(alive):
+                # the first design of the search is always scored whole: a small budget still reports
+                first = rung == 0 and i == 0
+                ev = (_baseline if first else _evaluate)(build(d), env, tasks, seed, budget)
                 d.scores = {"dev": ev.score, "dev_tasks": float(len(tasks))}
                 d.tokens += ev.tokens
                 d.iteration = rung
-            _keep(memory, history, *alive)
+                _keep(memory, history, d)
             if len(alive) == 1 or n_tasks >= len(dev):
                 break
             alive = sorted(alive, key=lambda d: -d.dev)[: max(1, len(alive) // 2)]
@@ -487,7 +501,7 @@ def optimize_team(
     g0 = start if start is not None else make_topology("star", 2)
     with _until_spent(history) as stop:
         spec = {"topology": nx.node_link_data(g0, edges="edges")}
-        ev = evaluate_design(build(_TmpDesign(spec)), env, dev, seed=seed, budget=budget)
+        ev = _baseline(build(_TmpDesign(spec)), env, dev, seed, budget)
         best = _design(_topology_text(g0), "agent", spec, ev, 0, env)
         _keep(memory, history, best)
         for it in range(1, iterations + 1):

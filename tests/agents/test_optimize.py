@@ -164,6 +164,11 @@ def test_cli_optimize_writes_the_history(tmp_path, capsys):
     assert "best: dev" in out and "start: dev" in out and "held-out" in out
     data = json.loads((tmp_path / "o" / "optimize.json").read_text())
     assert len(data["history"]) == 6 and data["best"]["scores"]["heldout"] >= 0
+    # a budget too small for anything but the starting design: it is scored, the search reports
+    assert main([*argv, "--name", "small", "--budget-tokens", "10"]) == 0
+    assert "budget exhausted" in capsys.readouterr().out
+    small = json.loads((tmp_path / "small" / "optimize.json").read_text())
+    assert small["stopped_by_budget"] and len(small["history"]) == 1
     assert main([*argv, "--name", "o"]) == 2  # nothing already written is overwritten
     assert "already holds" in capsys.readouterr().err
 
