@@ -68,12 +68,13 @@ def test_scienceworld_gold_path_through_the_graph_wins_and_leaves_no_jvm():
 
 
 @pytest.mark.real_model
-def test_smollm2_plays_a_textworld_game_from_the_cli(tmp_path, monkeypatch, capsys):
+def test_smollm2_plays_a_textworld_game_from_the_cli(tmp_path, capsys):
     """SmolLM2 acts, MiniLM grounds, Chroma keeps the trajectory: a short real episode."""
     from ponder.cli import main
 
-    monkeypatch.setenv("PONDER_CACHE", str(tmp_path / "cache"))
+    # games go to a fresh folder; PONDER_CACHE stays, so the converted model is reused
     argv = ["run", "--agent", "embodied", "--env", "textworld", "--env-arg", "level=1", "--tasks", "1"]
+    argv += ["--env-arg", f"cache_dir={tmp_path / 'games'}"]
     argv += [
         "--trials",
         "2",
