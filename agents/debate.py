@@ -149,7 +149,6 @@ def build_debate(
     prompts: DebatePrompts | None = None,
     checkpointer: Any = None,
     name: str = "debate",
-    **_: Any,
 ) -> Any:
     """A compiled LangGraph graph of a debate (see the module docstring).
 

@@ -219,27 +219,21 @@ class Grounder:
         return m @ q
 
     def _embed(self, texts: list[str]) -> np.ndarray:
+        """Unit vectors of ``texts``; strings seen before come from the cache, the rest in one call."""
         with self._lock:
-            missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+            found = {t: self._cache[t] for t in texts if t in self._cache}
+            for t in found:
+                self._cache.move_to_end(t)
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
         if missing:
             got = np.asarray(self.embedder(missing), dtype=np.float32)  # type: ignore[misc]
             got /= np.maximum(np.linalg.norm(got, axis=1, keepdims=True), 1e-12)
+            found.update(zip(missing, got, strict=True))
             with self._lock:
-                for t, v in zip(missing, got, strict=True):
-                    self._cache[t] = v
+                self._cache.update(zip(missing, got, strict=True))
                 while len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
-        with self._lock:
-            out = []
-            for t in texts:
-                v = self._cache.get(t)
-                if v is None:  # evicted between the two locks by another thread: embed alone
-                    v = np.asarray(self.embedder([t]), dtype=np.float32)[0]  # type: ignore[misc]
-                    v = v / max(float(np.linalg.norm(v)), 1e-12)
-                else:
-                    self._cache.move_to_end(t)
-                out.append(v)
-        return np.stack(out)
+        return np.stack([found[t] for t in texts])
 
 
 def ground_action(

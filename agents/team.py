@@ -108,7 +108,6 @@ def build_team(
     params: SamplingParams | None = None,
     name: str = "team",
     checkpointer: Any = None,
-    **_: Any,
 ) -> Any:
     """A compiled LangGraph graph of a team on ``topology`` (see the module docstring).
 
@@ -149,8 +148,10 @@ def build_team(
     def prompt_for(node: Any, state: TeamState, latest: dict[Any, dict[str, Any]]) -> Prompt:
         data = g.nodes[node]
         msgs = [Message("system", data.get("prompt") or ROLES[data["role"]])]
-        if data.get("role") in (None, "solver", "verifier", "critic", "summarizer") or "prompt" in data:
-            for q, a in state.get("examples", []):  # the answer format, for small models
+        if (
+            data.get("role") != "planner"
+        ):  # every agent that answers sees the answer format (small models need it)
+            for q, a in state.get("examples", []):
                 msgs += [Message("user", q), Message("assistant", a)]
         parts = [state["observation"].strip()]
         heard = [(p, latest[p]["text"]) for p in g.predecessors(node) if p in latest]

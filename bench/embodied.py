@@ -25,8 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ponder.cli import key_value
 from ponder.config import RunConfig
 from ponder.models.factory import make_policy
 from ponder.report import compare_runs
@@ -42,7 +41,7 @@ ARMS = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--env", default="textworld")
-    ap.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--env-arg", action="append", type=key_value, default=[], metavar="KEY=VALUE")
     ap.add_argument("--task", action="append", default=[], help="named tasks (ScienceWorld)")
     ap.add_argument("--tasks", type=int, default=6)
     ap.add_argument("--trials", type=int, default=3)
@@ -58,7 +57,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="runs directory (default runs/bench-embodied-ENV)")
     args = ap.parse_args()
 
-    env_kwargs: dict[str, Any] = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in args.env_arg)}
+    env_kwargs: dict[str, Any] = dict(args.env_arg)
     if args.task:
         env_kwargs["tasks"] = args.task[0] if len(args.task) == 1 else list(args.task)
     out = Path(args.out or f"runs/bench-embodied-{args.env}")

@@ -42,7 +42,7 @@ class ToyRoomsEnv(TextEnv):
 
     name: ClassVar[str] = "toy-rooms"
 
-    def __init__(self, *, max_steps: int | None = 20, **_: Any):
+    def __init__(self, *, max_steps: int | None = 20):
         super().__init__(max_steps=max_steps)
         self._state: dict[str, Any] = {}
 

@@ -34,7 +34,8 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _kv(text: str) -> tuple[str, Any]:
+def key_value(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` from the command line, the value read as YAML (``level=2`` -> ``("level", 2)``)."""
     import yaml
 
     key, sep, value = text.partition("=")
@@ -50,7 +51,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--env-arg",
         action="append",
-        type=_kv,
+        type=key_value,
         default=[],
         metavar="KEY=VALUE",
         help="env option, e.g. --env-arg level=2 (repeatable)",
@@ -88,7 +89,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--search-arg",
         action="append",
-        type=_kv,
+        type=key_value,
         default=[],
         metavar="KEY=VALUE",
         help="algorithm option, e.g. --search-arg beam_width=4 (repeatable)",

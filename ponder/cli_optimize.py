@@ -26,8 +26,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ponder.cli import key_value
 from ponder.errors import ConfigError
 
 __all__ = ["add_optimize_parser"]
@@ -46,7 +45,7 @@ def cmd_optimize(a: argparse.Namespace) -> int:
     out = Path(a.runs_dir) / a.name
     if (out / "optimize.json").exists():
         raise ConfigError(f"{out} already holds a search; pass another --name")
-    env_kw: dict[str, Any] = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in a.env_arg)}
+    env_kw: dict[str, Any] = dict(a.env_arg)
     if a.env == "math":  # enough seeded tasks for both splits
         env_kw = {"seed": a.seed, "num_tasks": a.dev + a.heldout, **env_kw}
     env = make(a.env, **env_kw)
@@ -98,7 +97,7 @@ def add_optimize_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--agent", default="reflexion", help="the agent whose instruction is optimised (--level prompt)"
     )
     p.add_argument("--env", default="math")
-    p.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--env-arg", action="append", type=key_value, default=[], metavar="KEY=VALUE")
     p.add_argument("--dev", type=int, default=10, help="dev tasks every design is scored on")
     p.add_argument("--heldout", type=int, default=10, help="held-out tasks the best design is scored on")
     p.add_argument("--iterations", type=int, default=4, help="proposals (prompt and agent levels)")
