@@ -1,5 +1,15 @@
 """``LocalPolicy``: batched generation with transformers + torch, on CUDA or the CPU.
 
+Two paths:
+
+* **the engine** (default for Llama-family models: SmolLM2, Llama, Mistral, Qwen2): every call,
+  from any thread or asyncio task, is queued to one ``ponder.models.engine.Engine`` that
+  batches all running sequences together (continuous batching), reuses computed prompt
+  prefixes and runs in ``engine_dtype`` (bfloat16 where the hardware has it). Concurrent
+  agents then share the machine instead of taking turns;
+* **plain transformers ``generate``** (``engine=False``, or a model the engine cannot run),
+  described below: one call at a time under a lock.
+
 Prompts are rendered with the tokenizer's chat template (``add_generation_prompt=True``)
 and the assistant prefix is appended verbatim, so the completion is what the model writes
 *after* the prefix. Rows are left-padded, sorted by length and run in chunks of
@@ -32,6 +42,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -39,6 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from ponder.errors import BackendError, ConfigError, DependencyNotInstalled
+from ponder.models.engine import Engine, Stream, engine_dtype
+from ponder.models.engine.decoder import supports
 from ponder.models.resolver import pick_device, pick_dtype, resolve_model
 from ponder.models.types import BasePolicy, Completion, Prompt, SamplingParams, apply_stop, first_stop
 
@@ -77,7 +90,14 @@ class LocalPolicy(BasePolicy):
             prompt that alone fills it is a ``ConfigError``.
         num_threads: if given, ``torch.set_num_threads`` (process-wide); else torch's default.
         share_prompt_cache: compute a prompt's keys/values once for all its n samples (on by
-            default; off re-reads the prompt per sample, as plain batched generate does).
+            default; off re-reads the prompt per sample, as plain batched generate does). With
+            the engine it also turns prefix reuse across requests on or off.
+        engine: ``"auto"`` (the engine when it can run the model), ``True`` (required) or
+            ``False`` (plain generate).
+        engine_dtype: ``"auto"`` (bfloat16 on CUDA and on CPUs with bf16 matmul instructions,
+            AVX512-BF16 or AMX; else the model dtype) or a dtype name.
+        engine_options: more ``Engine`` arguments (``max_queue``, ``prefill_chunk``,
+            ``prefix_cache_tokens``, ``queue_timeout``).
     """
 
     def __init__(
@@ -90,6 +110,9 @@ class LocalPolicy(BasePolicy):
         max_context: int | None = None,
         num_threads: int | None = None,
         share_prompt_cache: bool = True,
+        engine: bool | str = "auto",
+        engine_dtype: str = "auto",
+        engine_options: dict[str, Any] | None = None,
     ):
         super().__init__()
         if max_batch_size < 1:
@@ -134,6 +157,44 @@ class LocalPolicy(BasePolicy):
         limit = max_context or getattr(self.model.config, "max_position_embeddings", None)
         self.max_context: int | None = int(limit) if limit else None
         self._lock = threading.Lock()
+        self.engine: Engine | None = self._start_engine(engine, engine_dtype, engine_options or {})
+
+    def _start_engine(self, want: bool | str, dtype: str, options: dict[str, Any]) -> Engine | None:
+        if want not in (True, False, "auto"):
+            raise ConfigError(f"engine must be True, False or 'auto', got {want!r}")
+        if want is False:
+            return None
+        why = supports(self.model.config)
+        if why is not None:
+            if want is True:
+                raise ConfigError(f"the engine cannot run {why}; pass engine=False")
+            return None
+        chosen = engine_dtype(dtype, self.device, self.dtype)
+        defaults = {
+            "prefix_cache_tokens": 32768 if self.share_prompt_cache else 0,
+            # one or a few streams are bound by reading weights: int8 copies halve that on the CPU
+            "int8_rows": 4 if self.device.type == "cpu" and chosen == torch.bfloat16 else 0,
+        }
+        return Engine(
+            self.model,
+            self.tokenizer,
+            self._eos_ids,
+            dtype=chosen,
+            max_batch_size=self.max_batch_size,
+            max_len=self.max_context or 8192,
+            reuse_prefix=self.share_prompt_cache,
+            **{**defaults, **options},
+        )
+
+    def close(self) -> None:
+        """Stop the engine's scheduler thread (the policy can no longer generate)."""
+        if self.engine is not None:
+            self.engine.close()
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -143,6 +204,7 @@ class LocalPolicy(BasePolicy):
             "dtype": str(self.dtype).removeprefix("torch."),
             "max_batch_size": self.max_batch_size,
             "max_context": self.max_context,
+            "engine": None if self.engine is None else str(self.engine.decoder.dtype).removeprefix("torch."),
         }
 
     def __repr__(self) -> str:
@@ -158,7 +220,37 @@ class LocalPolicy(BasePolicy):
             text = "\n\n".join(m.content for m in prompt.messages)
         return text + prompt.assistant_prefix
 
+    def encode(self, prompt: Prompt | str) -> list[int]:
+        """Token ids of a chat prompt (rendered with the template) or of raw text."""
+        text = self.render(prompt) if isinstance(prompt, Prompt) else prompt
+        return self.tokenizer(text, add_special_tokens=not self.tokenizer.chat_template)["input_ids"]
+
+    def stream(
+        self,
+        prompt: Prompt | str | Sequence[int],
+        params: SamplingParams,
+        *,
+        client: Any = None,
+        top_logprobs: int = 0,
+    ) -> list[Stream]:
+        """Start ``params.n`` sequences on the engine; one ``Stream`` of deltas each.
+
+        ``prompt``: a chat ``Prompt``, raw text continued as is, or token ids.
+        """
+        if self.engine is None:
+            raise ConfigError("streaming needs the engine; create the policy with engine=True")
+        ids = list(prompt) if not isinstance(prompt, (Prompt, str)) else self.encode(prompt)
+        return self.engine.submit(
+            ids,
+            params,
+            budget=self._budget(len(ids), params.max_tokens),
+            client=client,
+            top_logprobs=top_logprobs,
+        )
+
     def _generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        if self.engine is not None:
+            return self._generate_engine(prompts, params)
         greedy = params.temperature == 0
         per_prompt = 1 if greedy else params.n  # greedy samples are identical: run once, repeat
         with self._lock:
@@ -179,6 +271,25 @@ class LocalPolicy(BasePolicy):
                         done[r] = c
         results = [done[i * per_prompt : (i + 1) * per_prompt] for i in range(len(prompts))]
         return [list(row) * params.n if greedy else list(row) for row in results]  # type: ignore[arg-type]
+
+    def _generate_engine(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        assert self.engine is not None
+        greedy = params.temperature == 0
+        one = dataclasses.replace(params, n=1) if greedy else params  # greedy: run once, repeat
+        encoded = [self.encode(p) for p in prompts]
+        budgets = [self._budget(len(ids), params.max_tokens) for ids in encoded]  # before queueing any
+        streams = [
+            self.engine.submit(ids, one, budget=b, seed_offset=i * params.n)
+            for i, (ids, b) in enumerate(zip(encoded, budgets, strict=True))
+        ]
+        try:
+            rows = [[s.result() for s in row] for row in streams]
+        except BaseException:
+            for row in streams:
+                for s in row:
+                    s.cancel()
+            raise
+        return [row * params.n if greedy else row for row in rows]
 
     def _budget(self, prompt_len: int, max_tokens: int) -> int:
         if self.max_context is None:

@@ -199,6 +199,7 @@ class ValueHeadPRM(BasePRM):
         max_batch_tokens: int = 8192,
         head_inner: int | None = None,
         seed: int = 0,
+        engine: bool | str = "auto",
     ):
         super().__init__()
         if not separator:
@@ -259,6 +260,13 @@ class ValueHeadPRM(BasePRM):
         self.trained_on: dict[str, Any] = {}
         self._cache = _LRU(cache_entries, cache_bytes)
         self._lock = threading.RLock()
+        # scoring through the backbone policy's engine: PRM reads queue with generation
+        has = getattr(backbone, "engine", None) if backbone is not None else None
+        if engine is True and has is None:
+            raise ConfigError(
+                "engine=True needs a backbone LocalPolicy running the engine; pass backbone=policy"
+            )
+        self.engine = has if engine in (True, "auto") and self.incremental else None
 
     def __repr__(self) -> str:
         return f"ValueHeadPRM({self.path.name!r}, layer={self.layer}, device={self.device})"
@@ -300,6 +308,8 @@ class ValueHeadPRM(BasePRM):
 
     # --- scoring ----------------------------------------------------------------------
     def _score(self, question: str, steps: list[list[str]]) -> tuple[list[list[float]], int]:
+        if self.engine is not None:
+            return self._score_on_engine(question, steps)
         with self._lock, torch.inference_mode():
             q_ids = segments(self.tokenizer, question, [], self.separator)[0]
             keys = []
@@ -321,6 +331,21 @@ class ValueHeadPRM(BasePRM):
             out.append([float(p) for p in probs[i : i + len(cand)]])
             i += len(cand)
         return out, read
+
+    def _score_on_engine(self, question: str, steps: list[list[str]]) -> tuple[list[list[float]], int]:
+        """One engine read per candidate, all queued at once (siblings share their prefix)."""
+        q_ids = segments(self.tokenizer, question, [], self.separator)[0]
+        layers = self.n_layers if self.layer == -1 else self.layer
+        jobs = [self.engine.features([q_ids, *self._step_ids(cand)], layers) for cand in steps]
+        feats = [job.result()[1:] for job in jobs]
+        with torch.inference_mode():
+            flat = torch.cat(feats).to(self.device) if any(len(f) for f in feats) else None
+            probs = self.scores_from_features(flat).tolist() if flat is not None else []
+        out, i = [], 0
+        for cand in steps:
+            out.append([float(p) for p in probs[i : i + len(cand)]])
+            i += len(cand)
+        return out, sum(job.computed for job in jobs)
 
     def _step_ids(self, steps: Sequence[str]) -> list[list[int]]:
         if not steps:

@@ -167,6 +167,8 @@ def run(
     task_ids = probe.task_ids()[: cfg.tasks]
     probe.close()
     episodes = EpisodeLog(cfg.run_dir / "episodes.jsonl")
+    # a server takes as many requests as the episodes send at once (several each: debate, n samples)
+    extra = {"max_concurrency": max(8, 4 * cfg.concurrency)} if cfg.policy == "openai" else {}
     policy = policy or make_policy(
         cfg.policy,
         model=cfg.model,
@@ -174,6 +176,7 @@ def run(
         device=cfg.device,
         dtype=cfg.dtype,
         script=cfg.script,
+        **extra,
     )
 
     with ExitStack() as stack:

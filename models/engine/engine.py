@@ -1,0 +1,687 @@
+"""``Engine``: one scheduler thread serving many concurrent generation requests on one model.
+
+Threads and asyncio tasks call ``submit`` (or ``LocalPolicy.generate``, which does); each
+sequence gets a ``Stream`` to read tokens from as they come. The scheduler loop:
+
+1. **admit** waiting sequences into free batch slots, round-robin over clients (an agent, a
+   connection; by default the submitting thread), so one client's 64 samples do not shut
+   out another's single request; a new sequence first copies the longest prefix of its
+   prompt that is already computed (a finished sequence in the ``PrefixStore`` or a live
+   sequence: the other samples of its prompt, sibling beams);
+2. **prefill** at most ``prefill_chunk`` prompt tokens per iteration (long prompts are split
+   across iterations, so running sequences keep streaming while a long prompt is read);
+3. **decode** one token for every running sequence in one batched forward; finished
+   sequences (EOS, stop string, token budget, cancelled) leave at once and their slot is
+   refilled at the next iteration (continuous batching).
+
+Backpressure: at most ``max_queue`` sequences wait; ``submit`` blocks while the queue is
+full and raises ``BackendError`` after ``queue_timeout`` seconds.
+
+Slots: decoding sequences occupy slots ``0..D-1`` and prefilling ones ``D..D+P-1``, so the
+decode step reads the KV cache as a view. When a sequence leaves, the last one of its group
+moves into its slot (one copy of its keys/values).
+
+Example:
+    >>> from ponder.models import LocalPolicy, SamplingParams
+    >>> policy = LocalPolicy()  # doctest: +SKIP
+    >>> ids = policy.tokenizer.encode("Once upon a time")  # doctest: +SKIP
+    >>> [stream] = policy.engine.submit(ids, SamplingParams(max_tokens=8))  # doctest: +SKIP
+    >>> "".join(d.text for d in stream)  # doctest: +SKIP
+    ' there was a little girl named Lily'
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ponder.errors import BackendError, ConfigError
+from ponder.models.engine.decoder import Decoder, SlotCache, rms_norm
+from ponder.models.engine.prefix import PrefixStore, common_prefix
+from ponder.models.engine.sampling import RowParams, pick, top_alternatives
+from ponder.models.engine.text import TextStream
+from ponder.models.types import Completion, SamplingParams
+
+__all__ = ["Delta", "Engine", "Stream"]
+
+log = logging.getLogger(__name__)
+
+_WAITING, _PREFILL, _DECODE, _DONE = range(4)
+
+
+@dataclass
+class TokenInfo:
+    """One generated token: its id, its log-probability and the top alternatives."""
+
+    id: int
+    logprob: float | None = None
+    top: list[tuple[int, float]] | None = None
+
+
+@dataclass
+class Delta:
+    """What one sequence produced since the last delta.
+
+    ``finish_reason`` is set on the last delta only: ``"stop"`` (EOS or a stop string),
+    ``"length"`` (token budget) or ``"cancelled"``.
+    """
+
+    text: str
+    tokens: list[TokenInfo] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+class Stream:
+    """The output of one submitted sequence: iterate for deltas, or wait for the completion."""
+
+    def __init__(self, engine: Engine, prompt_tokens: int):
+        self._engine = engine
+        self._queue: queue.SimpleQueue[Delta] = queue.SimpleQueue()
+        self._done = threading.Event()
+        self.prompt_tokens = prompt_tokens
+        self.completion: Completion | None = None
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self.first_token_at: float | None = None
+        self.submitted_at = time.perf_counter()
+
+    def cancel(self) -> None:
+        """Stop generating; the stream ends with ``finish_reason="cancelled"``."""
+        self.cancelled = True
+        self._engine._wake()
+
+    def __iter__(self) -> Iterator[Delta]:
+        while True:
+            delta = self._queue.get()
+            if delta is _FAILED:
+                raise self.error  # type: ignore[misc]
+            yield delta
+            if delta.finish_reason is not None:
+                return
+
+    def result(self, timeout: float | None = None) -> Completion:
+        """Block until the sequence ends; its ``Completion``."""
+        if not self._done.wait(timeout):
+            raise BackendError(f"generation did not finish within {timeout} s")
+        if self.error is not None:
+            raise self.error
+        assert self.completion is not None
+        return self.completion
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    # called by the scheduler thread
+    def _push(self, delta: Delta) -> None:
+        if self.first_token_at is None and delta.tokens:
+            self.first_token_at = time.perf_counter()
+        self._queue.put(delta)
+
+    def _finish(self, completion: Completion) -> None:
+        self.completion = completion
+        self._done.set()
+
+    def _fail(self, error: BaseException) -> None:
+        self.error = error
+        self._queue.put(_FAILED)
+        self._done.set()
+
+
+_FAILED = Delta(text="")
+
+
+class _FeatureJob:
+    """A queued PRM read (see ``Engine.features``)."""
+
+    def __init__(self, segments: list[list[int]], layers: int):
+        self.segments = segments
+        self.ids = [t for s in segments for t in s]
+        self.layers = layers
+        self.computed = 0
+        self._value: torch.Tensor | None = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+
+    def finish(self, value: torch.Tensor) -> None:
+        self._value = value
+        self._done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._done.set()
+
+    def result(self, timeout: float | None = None) -> torch.Tensor:
+        if not self._done.wait(timeout):
+            raise BackendError(f"PRM read did not finish within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
+class _Seq:
+    """Scheduler-side state of one sequence."""
+
+    def __init__(self, ids: list[int], params: SamplingParams, budget: int, stream: Stream, client: Any, gen):
+        self.prompt = ids
+        self.tokens = list(ids)  # prompt + generated: the ids whose keys/values fill the slot
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.params = params
+        self.budget = budget
+        self.stream = stream
+        self.client = client
+        self.row = RowParams(params.temperature, params.top_p, gen)
+        self.text = None  # TextStream, set by the engine (needs the tokenizer)
+        self.state = _WAITING
+        self.slot = -1
+        self.pos = 0  # positions of ``tokens`` whose keys/values are in the slot
+        self.generated: list[int] = []
+        self.logprobs: list[float] = []
+        self.pending: list[TokenInfo] = []
+        self.finish: str | None = None
+        self.reused = 0
+        self.top_k = 0
+        self.matched = False
+
+
+class Engine:
+    """Continuous-batching generation over a ``Decoder``.
+
+    Args:
+        model: a loaded transformers causal LM (Llama family; see ``decoder.supports``).
+        tokenizer: its tokenizer (for stop strings and streaming text).
+        eos_ids: token ids that end a sequence.
+        dtype: compute dtype of the engine's weights and KV cache.
+        max_batch_size: sequences decoded together (slots).
+        max_len: prompt + completion tokens per sequence at most.
+        max_queue: sequences waiting for a slot at most (backpressure beyond).
+        queue_timeout: seconds ``submit`` waits for queue room before failing.
+        prefill_chunk: prompt tokens read per scheduler iteration at most.
+        prefix_cache_tokens: positions of finished sequences kept for prefix reuse (0: off).
+        top_logprobs: most alternatives a request may ask for.
+        reuse_prefix: copy computed prefixes from live sequences and the store (off: every
+            prompt is read in full, for comparison).
+        int8_rows: steps with at most this many rows use int8 copies of the weights (CPU,
+            bfloat16 only; see ``decoder.Matrix``); 0 keeps one bf16 copy.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        eos_ids: Sequence[int],
+        *,
+        dtype: torch.dtype | None = None,
+        max_batch_size: int = 32,
+        max_len: int = 4096,
+        max_queue: int = 1024,
+        queue_timeout: float = 600.0,
+        prefill_chunk: int = 256,
+        prefix_cache_tokens: int = 32768,
+        top_logprobs: int = 20,
+        reuse_prefix: bool = True,
+        int8_rows: int = 0,
+    ):
+        if max_batch_size < 1 or max_queue < 1 or prefill_chunk < 1:
+            raise ConfigError("max_batch_size, max_queue and prefill_chunk must be >= 1")
+        self._model = model
+        self.decoder = Decoder(model, dtype or next(model.parameters()).dtype, int8_rows=int8_rows)
+        self.device = self.decoder.device
+        self.tokenizer = tokenizer
+        self.eos = set(int(e) for e in eos_ids)
+        self.max_batch_size = max_batch_size
+        self.max_len = max_len
+        self.max_queue = max_queue
+        self.queue_timeout = queue_timeout
+        self.prefill_chunk = prefill_chunk
+        self.max_top_logprobs = top_logprobs
+        self.reuse_prefix = reuse_prefix
+        self.cache = SlotCache(self.decoder, max_batch_size, max_len)
+        self.prefix = PrefixStore(prefix_cache_tokens)
+        self._slots: list[_Seq] = []  # index = slot; decoding first, then prefilling
+        self._decoding = 0
+        self._waiting: dict[Any, deque[_Seq]] = {}
+        self._n_waiting = 0
+        self._turn: deque[Any] = deque()  # clients in round-robin order
+        self._cond = threading.Condition()
+        self._room = threading.Condition(self._cond)
+        self._closed = False
+        self._jobs: deque[_FeatureJob] = deque()  # PRM reads, served between decode steps
+        self._readers: dict[int, tuple[Decoder, SlotCache, PrefixStore]] = {}
+        self.prm_cache_tokens = prefix_cache_tokens
+        self.stats: dict[str, Any] = {
+            "steps": 0,
+            "decoded": 0,
+            "prefilled": 0,
+            "reused": 0,
+            "finished": 0,
+            "peak_batch": 0,
+        }
+        # seconds spent per phase of the loop (what limits throughput: see bench/engine_throughput.py)
+        self.timings = {"prefill": 0.0, "forward": 0.0, "sample": 0.0, "stream": 0.0, "slots": 0.0}
+        self._thread = threading.Thread(target=self._loop, name="ponder-engine", daemon=True)
+        self._thread.start()
+
+    # -- client side ----------------------------------------------------------------------
+    def submit(
+        self,
+        ids: Sequence[int],
+        params: SamplingParams,
+        *,
+        budget: int | None = None,
+        client: Any = None,
+        seed_offset: int = 0,
+        top_logprobs: int = 0,
+    ) -> list[Stream]:
+        """Queue ``params.n`` sequences continuing ``ids``; one ``Stream`` each.
+
+        ``budget`` caps new tokens (default ``params.max_tokens``, cut to ``max_len``). Sample
+        ``i`` with a seed draws from a generator seeded ``seed + seed_offset + i``.
+        """
+        ids = [int(i) for i in ids]
+        if not ids:
+            raise ConfigError("the prompt has no tokens; send some text")
+        room = self.max_len - len(ids)
+        if room < 1:
+            raise ConfigError(
+                f"prompt has {len(ids)} tokens, no room left in max_len={self.max_len}; shorten the prompt"
+            )
+        if top_logprobs > self.max_top_logprobs:
+            raise ConfigError(f"top_logprobs is at most {self.max_top_logprobs}, got {top_logprobs}")
+        budget = min(budget or params.max_tokens, room)
+        client = threading.get_ident() if client is None else client
+        seqs = []
+        for i in range(params.n):
+            gen = None
+            if params.seed is not None and params.temperature > 0:
+                gen = torch.Generator(device=self.device).manual_seed(params.seed + seed_offset + i)
+            seq = _Seq(ids, params, budget, Stream(self, len(ids)), client, gen)
+            seq.text = TextStream(self.tokenizer, params.stop)
+            seq.top_k = top_logprobs
+            seqs.append(seq)
+        deadline = time.monotonic() + self.queue_timeout
+        with self._cond:
+            for seq in seqs:
+                while self._n_waiting >= self.max_queue and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._room.wait(left):
+                        raise BackendError(
+                            f"the engine queue is full ({self.max_queue} waiting) for {self.queue_timeout} s; "
+                            "send fewer requests at once or raise max_queue"
+                        )
+                if self._closed:
+                    raise BackendError("the engine is closed; create a new policy")
+                if client not in self._waiting:
+                    self._waiting[client] = deque()
+                    self._turn.append(client)
+                self._waiting[client].append(seq)
+                self._n_waiting += 1
+            self._cond.notify_all()
+        return [s.stream for s in seqs]
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams, budgets: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
+        """Submit every prompt, wait for all; ``params.n`` completions per prompt, in order."""
+        streams = [
+            self.submit(ids, params, budget=None if budgets is None else budgets[i], seed_offset=i * params.n)
+            for i, ids in enumerate(prompts)
+        ]
+        return [[s.result() for s in row] for row in streams]
+
+    def features(self, segments: Sequence[Sequence[int]], layers: int) -> _FeatureJob:
+        """Queue a PRM read: the normed hidden state after ``layers`` decoder layers at the last
+        token of each segment of ``segments`` (concatenated). ``job.result()`` gives a float32
+        ``[len(segments), hidden]`` tensor; ``job.computed`` the tokens actually run.
+
+        Reads run on the scheduler thread between decode steps, in float32 on the model's own
+        weights (so a head trained on transformers' features sees the same numbers), and are
+        incremental: a read whose segments extend an earlier read's (the steps of a solution
+        so far; sibling candidates of a beam) copies its keys/values and features.
+        """
+        if not 1 <= layers <= self.decoder.n_layers:
+            raise ConfigError(f"layers must be in 1..{self.decoder.n_layers}, got {layers}")
+        job = _FeatureJob([list(map(int, s)) for s in segments], layers)
+        if not job.ids or any(not s for s in job.segments):
+            raise ConfigError("every segment of a PRM read needs at least one token")
+        if len(job.ids) > self.max_len:
+            raise ConfigError(f"a PRM read of {len(job.ids)} tokens exceeds max_len={self.max_len}")
+        with self._cond:
+            if self._closed:
+                raise BackendError("the engine is closed; create a new policy")
+            self._jobs.append(job)
+            self._cond.notify_all()
+        return job
+
+    def close(self) -> None:
+        """Stop the scheduler; running and waiting sequences end as cancelled."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=30)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def info(self) -> dict[str, Any]:
+        """Counters and memory use of the engine."""
+        return {
+            **self.stats,
+            **{f"seconds_{k}": round(v, 3) for k, v in self.timings.items()},
+            "running": len(self._slots),
+            "waiting": self._n_waiting,
+            "kv_cache_bytes": self.cache.nbytes(),
+            "prefix_store_bytes": self.prefix.nbytes(),
+            "prefix_store_tokens": self.prefix.tokens,
+            "weight_bytes": self.decoder.nbytes(),
+        }
+
+    # -- scheduler thread -----------------------------------------------------------------
+    def _loop(self) -> None:
+        try:
+            with torch.inference_mode():
+                while self._iteration():
+                    pass
+        except BaseException as e:  # a bug or OOM: fail every caller instead of hanging them
+            log.exception("engine loop failed")
+            err = e if isinstance(e, BackendError) else BackendError(f"the engine failed: {e!r}")
+            with self._cond:
+                self._closed = True
+                for seq in self._all():
+                    seq.stream._fail(err)
+                for job in self._jobs:
+                    job.fail(err)
+                self._slots.clear()
+                self._waiting.clear()
+                self._n_waiting = 0
+                self._room.notify_all()
+
+    def _all(self) -> list[_Seq]:
+        return self._slots + [s for q in self._waiting.values() for s in q]
+
+    def _iteration(self) -> bool:
+        with self._cond:
+            while not self._closed and not self._slots and not self._n_waiting and not self._jobs:
+                self._cond.wait()
+            if self._closed:
+                for job in self._jobs:
+                    job.fail(BackendError("the engine is closed; create a new policy"))
+                self._jobs.clear()
+                for seq in self._all():
+                    self._end(seq, "cancelled", live=False)
+                self._slots.clear()
+                self._waiting.clear()
+                self._n_waiting = 0
+                self._room.notify_all()
+                return False
+            admitted = self._take_waiting()
+            jobs = list(self._jobs)
+            self._jobs.clear()
+        t0 = time.perf_counter()
+        self._drop_cancelled()
+        for seq in admitted:
+            self._place(seq)
+        t1 = time.perf_counter()
+        self._prefill()
+        self.timings["slots"] += t1 - t0
+        self.timings["prefill"] += time.perf_counter() - t1
+        for job in jobs:
+            self._read(job)
+        if self._decoding:
+            self._decode()
+        return True
+
+    def _take_waiting(self) -> list[_Seq]:
+        """Round-robin over clients while slots are free (called under the lock)."""
+        out: list[_Seq] = []
+        free = self.max_batch_size - len(self._slots)
+        while free > len(out) and self._turn:
+            client = self._turn.popleft()
+            q = self._waiting[client]
+            seq = q.popleft()
+            self._n_waiting -= 1
+            if q:
+                self._turn.append(client)
+            else:
+                del self._waiting[client]
+            if seq.stream.cancelled:
+                self._end(seq, "cancelled", live=False)
+                continue
+            out.append(seq)
+        if out:
+            self._room.notify_all()
+        return out
+
+    def _place(self, seq: _Seq) -> None:
+        """Give ``seq`` the next slot (prefilling region)."""
+        seq.slot = len(self._slots)
+        self._slots.append(seq)
+        seq.state = _PREFILL
+        seq.matched = False
+        self._fit()
+        self.stats["peak_batch"] = max(self.stats["peak_batch"], len(self._slots))
+
+    def _fit(self) -> None:
+        # room for every live sequence's tokens and one more (a prefilling prompt included)
+        self.cache.fit(max(len(s.tokens) for s in self._slots) + 1)
+
+    def _match(self, seq: _Seq) -> None:
+        """Copy the longest already-computed prefix of the prompt: from a live sequence (a
+        sibling sample, a beam of the same search) or from the prefix store."""
+        seq.matched = True
+        if not self.reuse_prefix:
+            return
+        usable = len(seq.prompt) - 1  # the last prompt token is run by the decode step
+        live, from_live = None, 0
+        for other in self._slots:
+            if other is not seq:
+                n = min(common_prefix(other.tokens[: other.pos], seq.prompt), usable)
+                if n > from_live:
+                    live, from_live = other, n
+        entry, from_store = self.prefix.best(seq.ids)
+        from_store = min(from_store, usable)
+        if live is not None and from_live >= from_store:
+            self.cache.move(live.slot, seq.slot, from_live)
+            seq.pos = from_live
+        elif entry is not None and from_store > 0:
+            self.cache.load(seq.slot, entry.kv, from_store)
+            seq.pos = from_store
+        seq.reused = seq.pos
+        self.stats["reused"] += seq.pos
+
+    def _prefill(self) -> None:
+        """Read prompts in slot order, at most ``prefill_chunk`` tokens per iteration; a prompt
+        whose tokens but the last are in the cache joins the decoding rows."""
+        budget = self.prefill_chunk
+        while self._decoding < len(self._slots):
+            seq = self._slots[self._decoding]
+            if not seq.matched:
+                self._match(seq)
+            todo = len(seq.prompt) - 1 - seq.pos
+            if todo > 0:
+                if budget <= 0:
+                    return
+                take = min(todo, budget)
+                chunk = torch.tensor(seq.prompt[seq.pos : seq.pos + take], device=self.device)
+                self.decoder.prefill(self.cache, seq.slot, chunk, seq.pos)
+                seq.pos += take
+                budget -= take
+                self.stats["prefilled"] += take
+                if take < todo:
+                    return
+            seq.state = _DECODE
+            self._decoding += 1
+
+    def _decode(self) -> None:
+        rows = self._slots[: self._decoding]
+        tokens = torch.tensor([s.tokens[-1] for s in rows], device=self.device)
+        positions = [s.pos for s in rows]
+        self._fit()
+        t0 = time.perf_counter()
+        logits = self.decoder.logits(
+            self.decoder.decode(
+                self.cache, tokens, torch.tensor(positions, device=self.device), max(positions)
+            )
+        )
+        self.timings["forward"] += time.perf_counter() - t0
+        for s in rows:
+            s.pos += 1
+        self.stats["steps"] += 1
+        self._emit(rows, logits)
+
+    def _emit(self, rows: list[_Seq], logits: torch.Tensor) -> None:
+        """Choose the next token of each row; stream it; end rows that are done."""
+        t0 = time.perf_counter()
+        want = any(s.params.logprobs or s.top_k for s in rows)
+        chosen, logprobs = pick(logits, [s.row for s in rows], want_logprobs=want)
+        k = max(s.top_k for s in rows)
+        tops = top_alternatives(logits, k) if k else None
+        chosen_l = chosen.tolist()
+        lp_l = logprobs.tolist() if logprobs is not None else None
+        t1 = time.perf_counter()
+        self.timings["sample"] += t1 - t0
+        finished = []
+        for i, seq in enumerate(rows):
+            tok = chosen_l[i]
+            info = TokenInfo(tok, lp_l[i] if lp_l is not None else None)
+            if seq.top_k and tops is not None:
+                info.top = list(zip(tops[0][i, : seq.top_k].tolist(), tops[1][i, : seq.top_k].tolist(), strict=True))
+            seq.generated.append(tok)
+            seq.tokens.append(tok)
+            if lp_l is not None:
+                seq.logprobs.append(lp_l[i])
+            self.stats["decoded"] += 1
+            text = seq.text.push(tok)
+            if tok in self.eos or seq.text.stopped is not None:
+                reason = "stop"
+            elif len(seq.generated) >= seq.budget:
+                reason = "length"
+            else:
+                seq.stream._push(Delta(text, [info]))
+                continue
+            seq.pending = [info]
+            seq.finish = reason
+            finished.append((seq, text))
+        for seq, text in finished:
+            self._leave(seq)
+            tail = text + seq.text.finish()
+            seq.stream._push(Delta(tail, seq.pending, seq.finish))
+            seq.stream._finish(self._completion(seq))
+            self.stats["finished"] += 1
+        self.stats["peak_batch"] = max(self.stats["peak_batch"], len(self._slots))
+        self.timings["stream"] += time.perf_counter() - t1
+
+    def _completion(self, seq: _Seq) -> Completion:
+        # the whole completion decoded at once, as plain generate does, then cut at the stop
+        text = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
+        stop = seq.text.stopped
+        if stop is not None:
+            text = text[: text.find(stop)] if stop in text else seq.text.text
+        return Completion(
+            text=text,
+            prompt_tokens=len(seq.prompt),
+            completion_tokens=len(seq.generated),
+            finish_reason="length" if seq.finish == "length" else "stop",
+            logprobs=tuple(seq.logprobs) if seq.params.logprobs else None,
+            stop_reason=stop,
+        )
+
+    def _read(self, job: _FeatureJob) -> None:
+        """Serve one PRM read (see ``features``) on a float32 reader of the first layers."""
+        try:
+            if job.layers not in self._readers:
+                reader = Decoder(self._model, torch.float32, layers=job.layers, fused=False)
+                self._readers[job.layers] = (
+                    reader,
+                    SlotCache(reader, 1, self.max_len),
+                    PrefixStore(self.prm_cache_tokens),
+                )
+            reader, cache, store = self._readers[job.layers]
+            ids = np.asarray(job.ids, dtype=np.int64)
+            ends = np.cumsum([len(s) for s in job.segments]) - 1
+            entry, start = store.best(ids) if self.reuse_prefix else (None, 0)
+            known: dict[int, torch.Tensor] = {}
+            if entry is not None:
+                # reuse up to the first segment end whose feature the entry does not hold
+                for e in ends:
+                    if e >= start:
+                        break
+                    if int(e) not in entry.extra:
+                        start = int(e)
+                        break
+                    known[int(e)] = entry.extra[int(e)]
+                start = min(start, len(ids) - 1)
+                known = {e: f for e, f in known.items() if e < start}
+            cache.fit(len(ids) + 1)
+            if entry is not None and start > 0:
+                cache.load(0, entry.kv, start)
+            else:
+                start = 0
+            for a in range(start, len(ids), self.prefill_chunk):
+                b = min(len(ids), a + self.prefill_chunk)
+                hidden = reader.prefill(cache, 0, torch.as_tensor(ids[a:b], device=self.device), a)
+                normed = rms_norm(hidden, reader.norm, reader.eps).float()
+                for e in ends:
+                    if a <= e < b:
+                        known[int(e)] = normed[int(e) - a].clone()
+            job.computed = len(ids) - start
+            self.stats["prm_tokens"] = self.stats.get("prm_tokens", 0) + job.computed
+            if self.prm_cache_tokens:
+                store.add(ids, cache.export(0, len(ids)), known)
+            job.finish(torch.stack([known[int(e)] for e in ends]))
+        except Exception as e:  # a bad read fails its caller, not the engine
+            job.fail(
+                e if isinstance(e, (BackendError, ConfigError)) else BackendError(f"PRM read failed: {e!r}")
+            )
+
+    def _drop_cancelled(self) -> None:
+        for seq in [s for s in self._slots if s.stream.cancelled]:
+            self._leave(seq, keep=False)
+            self._end(seq, "cancelled", live=True)
+
+    def _end(self, seq: _Seq, reason: str, *, live: bool) -> None:
+        seq.finish = reason
+        seq.stream._push(Delta(seq.text.finish() if live else "", [], reason))
+        seq.stream._finish(self._completion(seq))
+
+    def _leave(self, seq: _Seq, keep: bool = True) -> None:
+        """Free the slot of ``seq`` (storing its keys/values for reuse); keep slots packed."""
+        slot = seq.slot
+        if keep and seq.pos > 1:
+            self.prefix.add(
+                np.asarray(seq.tokens[: seq.pos], dtype=np.int64), self.cache.export(slot, seq.pos)
+            )
+        decoding = seq.state == _DECODE
+        seq.state = _DONE
+        if decoding:
+            last = self._decoding - 1
+            self._move(last, slot)
+            self._decoding -= 1
+            slot = last  # now free; the last prefilling sequence fills it
+        last = len(self._slots) - 1
+        self._move(last, slot)
+        self._slots.pop()
+
+    def _move(self, src: int, dst: int) -> None:
+        if src == dst:
+            return
+        seq = self._slots[src]
+        self.cache.move(src, dst, seq.pos)
+        seq.slot = dst
+        self._slots[dst] = seq
