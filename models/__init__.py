@@ -33,6 +33,7 @@ __all__ = [
     "PRMUsage",
     "Policy",
     "Prompt",
+    "RemotePRM",
     "SamplingParams",
     "ScriptedPolicy",
     "TokenUsage",
@@ -49,6 +50,7 @@ _LAZY = {
     "ValueHeadPRM": "ponder.models.prm_value",
     "VerifierPRM": "ponder.models.prm_oracle",
     "LLMJudgePRM": "ponder.models.prm_oracle",
+    "RemotePRM": "ponder.models.prm_remote",
 }
 
 

@@ -51,7 +51,8 @@ def make_policy(
 
 def make_prm(spec: str | None, *, policy: Any = None, device: str = "auto", dtype: str = "auto") -> Any:
     """The PRM a run asks for: None, ``"verifier"`` (resolved per task by the search actor),
-    ``"judge"`` (``LLMJudgePRM`` on ``policy``) or a folder (``HFPRM``, any supported format).
+    ``"judge"`` (``LLMJudgePRM`` on ``policy``), a URL (``RemotePRM``: ``ponder serve --prm``'s
+    ``/v1/prm/score``) or a folder (``HFPRM``, any supported format).
 
     A ponder value-head PRM whose backbone is the local policy's model shares its weights.
     """
@@ -63,6 +64,10 @@ def make_prm(spec: str | None, *, policy: Any = None, device: str = "auto", dtyp
         from ponder.models.prm_oracle import LLMJudgePRM
 
         return LLMJudgePRM(policy)
+    if spec.startswith(("http://", "https://")):  # a PRM served by `ponder serve --prm`
+        from ponder.models.prm_remote import RemotePRM
+
+        return RemotePRM(spec)
     path = check_prm_spec(spec)
     if (path / "ponder_prm.json").is_file():
         from ponder.models.prm_value import ValueHeadPRM
@@ -74,8 +79,8 @@ def make_prm(spec: str | None, *, policy: Any = None, device: str = "auto", dtyp
 
 
 def check_prm_spec(spec: str) -> Path | None:
-    """The folder a PRM spec names (None for a PRM name); a ConfigError if it is neither."""
-    if spec in PRM_NAMES:
+    """The folder a PRM spec names (None for a PRM name or URL); a ConfigError if it is neither."""
+    if spec in PRM_NAMES or spec.startswith(("http://", "https://")):
         return None
     path = Path(spec).expanduser()
     if not path.exists():

@@ -372,6 +372,11 @@ class Engine:
             self._thread.join(timeout=30)
 
     @property
+    def waiting(self) -> int:
+        """Sequences queued for a slot now (a cheap read, for admission checks)."""
+        return self._n_waiting
+
+    @property
     def alive(self) -> bool:
         return self._thread.is_alive()
 
@@ -387,7 +392,7 @@ class Engine:
             "running": len(self._slots),
             "waiting": self._n_waiting,
             "kv_cache_bytes": self.cache.nbytes(),
-            "prefix_store_bytes": self.prefix.nbytes(),
+            "prefix_store_bytes": self.prefix.nbytes(),  # a snapshot: the engine thread may be adding
             "prefix_store_tokens": self.prefix.tokens,
             "weight_bytes": self.decoder.nbytes(),
         }
@@ -561,7 +566,9 @@ class Engine:
             tok = chosen_l[i]
             info = TokenInfo(tok, lp_l[i] if lp_l is not None else None)
             if seq.top_k and tops is not None:
-                info.top = list(zip(tops[0][i, : seq.top_k].tolist(), tops[1][i, : seq.top_k].tolist(), strict=True))
+                info.top = list(
+                    zip(tops[0][i, : seq.top_k].tolist(), tops[1][i, : seq.top_k].tolist(), strict=True)
+                )
             seq.generated.append(tok)
             seq.tokens.append(tok)
             if lp_l is not None:

@@ -96,4 +96,4 @@ class PrefixStore:
         self.tokens = 0
 
     def nbytes(self) -> int:
-        return sum(e.kv[0].numel() * e.kv[0].element_size() * 2 for e in self.entries.values())
+        return sum(e.kv[0].numel() * e.kv[0].element_size() * 2 for e in list(self.entries.values()))
