@@ -118,6 +118,28 @@ ATTENTION(attention_f32_64, float, f32_in, f32_out, 64)
 ATTENTION(attention_bf16_128, uint16_t, bf16_in, bf16_out, 128)
 ATTENTION(attention_f32_128, float, f32_in, f32_out, 128)
 
+/* y [M, N] = x [M, K] @ (w [N, K] int8 * scale [N])^T (+ bias), for few rows (M <= 4): weight-bound, so
+   each int8 weight row is read once for all M rows; bf16 in and out, float accumulation */
+void gemv_i8_bf16(const uint16_t* x, const int8_t* w, const float* scale, const uint16_t* bias, uint16_t* y,
+                  int M, int N, int K, int threads) {
+    float* xf = (float*)malloc(sizeof(float) * (size_t)M * K);
+    for (int i = 0; i < M * K; i++) xf[i] = bf16_in(x[i]);
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int n = 0; n < N; n++) {
+        const int8_t* wn = w + (size_t)n * K;
+        float acc[4] = {0.f, 0.f, 0.f, 0.f};
+        for (int m = 0; m < M; m++) {
+            const float* xm = xf + (size_t)m * K;
+            float s = 0.f;
+            for (int k = 0; k < K; k++) s += (float)wn[k] * xm[k];
+            acc[m] = s;
+        }
+        const float b = bias ? bf16_in(bias[n]) : 0.f;
+        for (int m = 0; m < M; m++) y[(size_t)m * N + n] = bf16_out(acc[m] * scale[n] + b);
+    }
+    free(xf);
+}
+
 /* Llama RMSNorm on bf16 rows: out = w * bf16(x * rsqrt(mean(x^2) + eps)), as transformers rounds it */
 void rmsnorm_bf16(const uint16_t* x, const uint16_t* w, uint16_t* out, int N, int H, float eps) {
     for (int n = 0; n < N; n++) {
@@ -221,7 +243,24 @@ def load() -> Any:
         [ctypes.c_void_p] * 7 + [ctypes.c_int] * 5 + [ctypes.c_float, ctypes.c_int]
     )
     lib.rope_attend_bf16.restype = None
+    lib.gemv_i8_bf16.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 4
+    lib.gemv_i8_bf16.restype = None
     return lib
+
+
+def gemv_i8_bf16(
+    lib: Any, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``x @ (w * scale).T + bias`` for at most 4 bf16 rows ``x`` ``[M, K]`` and int8 ``w``
+    ``[N, K]`` (float32 ``scale`` per row of ``w``): reads each weight row once for all rows."""
+    m, k = x.shape
+    n = w.shape[0]
+    y = torch.empty(m, n, dtype=x.dtype)
+    lib.gemv_i8_bf16(
+        x.data_ptr(), w.data_ptr(), scale.data_ptr(), 0 if bias is None else bias.data_ptr(), y.data_ptr(),
+        m, n, k, torch.get_num_threads(),
+    )  # fmt: skip
+    return y
 
 
 def rms_norm_bf16(lib: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
