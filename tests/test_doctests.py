@@ -9,6 +9,8 @@ import pytest
 PACKAGES = (
     "ponder",
     "ponder.models",
+    "ponder.models.engine",
+    "ponder.serve",
     "ponder.environments",
     "ponder.memory",
     "ponder.search",

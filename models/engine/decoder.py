@@ -19,8 +19,8 @@ reads ``cache[:B, :, :L]`` as a view, never a copy.
 Example:
     >>> import torch
     >>> from ponder.models.engine.decoder import rms_norm
-    >>> rms_norm(torch.ones(1, 4), torch.full((4,), 2.0), 1e-6)
-    tensor([[2., 2., 2., 2.]])
+    >>> rms_norm(torch.ones(1, 4), torch.full((4,), 2.0), 0.0).tolist()
+    [[2.0, 2.0, 2.0, 2.0]]
 """
 
 from __future__ import annotations

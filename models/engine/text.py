@@ -12,7 +12,7 @@ Example:
     ...         return "".join(map(chr, ids))
     >>> s = TextStream(Chars(), stops=("\\n\\n",))
     >>> [s.push(ord(c)) for c in "ab\\n"], s.stopped
-    (['a', 'b', ''], None)
+    (['', 'a', 'b'], None)
     >>> s.push(ord("\\n")), s.stopped, s.finish()
     ('', '\\n\\n', '')
     >>> s.text
