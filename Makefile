@@ -36,8 +36,9 @@ test: setup browser
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
+# naive generate vs the engine vs ponder serve at 1/8/32 agents, beam search prefix reuse, llama.cpp if installed
 bench: setup
-	$(PY) bench/policy_throughput.py
+	$(PY) bench/engine_throughput.py
 
 clean-runs:
 	rm -rf runs

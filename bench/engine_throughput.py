@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from ponder.models import Prompt, SamplingParams
+from ponder.models.engine import off_thread
 from ponder.models.local import LocalPolicy
 
 SYSTEM = (
@@ -228,9 +229,10 @@ def llama_cpp_bench(turns: int, max_tokens: int) -> dict[str, Any] | None:
 
 
 # -- where the time goes ----------------------------------------------------------------------
-def profile_decode(policy: LocalPolicy, batch: int, context: int, steps: int = 8) -> dict[str, Any]:
-    from torch.profiler import profile
-
+def profile_decode(policy: LocalPolicy, batch: int, context: int, steps: int = 10) -> dict[str, Any]:
+    """One decode step of ``batch`` rows at ``context`` positions, split by timing its parts alone:
+    the weight matmuls (the same calls on the same shapes), the attention blocks, and the rest."""
+    from ponder.models.engine import kernels
     from ponder.models.engine.decoder import SlotCache
 
     engine = policy.engine
@@ -240,29 +242,53 @@ def profile_decode(policy: LocalPolicy, batch: int, context: int, steps: int = 8
     cache.fit(context + 1)
     tokens = torch.randint(0, dec.vocab, (batch,), device=dec.device)
     positions = torch.full((batch,), context, device=dec.device)
-    with torch.inference_mode():
-        for _ in range(2):
-            dec.logits(dec.decode(cache, tokens, positions))
+    x = torch.randn(batch, dec.hidden, dtype=dec.dtype)
+    mid = torch.randn(batch, dec.layers[0].down.w.shape[1], dtype=dec.dtype)
+    att = torch.randn(batch, dec.q_size, dtype=dec.dtype)
+
+    def timed(fn) -> float:
+        fn()
         start = time.perf_counter()
-        with profile() as prof:
-            for _ in range(steps):
-                dec.logits(dec.decode(cache, tokens, positions))
-        wall = (time.perf_counter() - start) / steps
-    groups = {"matmul (weights)": ("aten::mm", "aten::addmm"), "attention (KV cache)": ("aten::bmm",)}
-    ms = dict.fromkeys(groups, 0.0)
-    for ev in prof.key_averages():
-        for g, names in groups.items():
-            if ev.key in names:
-                ms[g] += ev.self_cpu_time_total / 1000 / steps
-    out = {k: round(v, 1) for k, v in ms.items()}
-    out["everything else (elementwise, indexing, Python)"] = round(1000 * wall - sum(ms.values()), 1)
-    out["step_ms"] = round(1000 * wall, 1)
-    weights = dec.nbytes()
-    kv = 2 * dec.n_layers * batch * cache.capacity * dec.n_kv * dec.head_dim * cache.k[0].element_size()
-    out["weights_mb_read_per_step"] = round(weights / 2**20)
-    out["kv_mb_read_per_step"] = round(kv / 2**20)
-    out["gflop_per_step"] = round(2 * batch * (weights / cache.k[0].element_size()) / 1e9, 1)
-    return out
+        for _ in range(steps):
+            fn()
+        return 1000 * (time.perf_counter() - start) / steps
+
+    def matmuls() -> None:
+        for layer in dec.layers:
+            layer.qkv(x), layer.o(att), layer.gate_up(x), layer.down(mid)
+        dec.lm_head(x)
+
+    qkv = dec.layers[0].qkv(x).contiguous()
+    cos = torch.ones(batch, dec.head_dim)
+    sin = torch.zeros(batch, dec.head_dim)
+    lib = kernels.load()
+
+    def attention() -> None:  # the fused rope + cache write + attention call of each layer
+        for i in range(dec.n_layers):
+            kernels.rope_attend_bf16(
+                lib, qkv, cos, sin, cache.k[i], cache.v[i], positions, dec.n_heads, dec.scale
+            )
+
+    with torch.inference_mode():
+        step = timed(lambda: dec.logits(dec.decode(cache, tokens, positions, context)))
+        mm = timed(matmuls)
+        at = timed(attention) if dec.fast else float("nan")
+    params = (
+        sum(m.w.numel() for layer in dec.layers for m in (layer.qkv, layer.o, layer.gate_up, layer.down))
+        + dec.lm_head.w.numel()
+    )
+    kv_bytes = 2 * dec.n_layers * batch * (context + 1) * dec.n_kv * dec.head_dim * cache.k[0].element_size()
+    return {
+        "step_ms": round(step, 1),
+        "matmuls_ms": round(mm, 1),
+        "attention_ms": round(at, 1),
+        "rest_ms": round(step - mm - at, 1),
+        "gflop_per_step": round(2 * batch * params / 1e9, 1),
+        "matmul_gflops": round(2 * batch * params / mm / 1e6),
+        "weights_mb_per_step": round(params * dec.lm_head.w.element_size() / 2**20),
+        "kv_mb_per_step": round(kv_bytes / 2**20),
+        "kv_gb_s": round(kv_bytes / at / 1e6, 1),
+    }
 
 
 def main() -> None:
@@ -316,8 +342,11 @@ def main() -> None:
             for row in results["beam"]:
                 print(f"   beam {row}", flush=True)
         if not args.skip_profile:
-            results["profile"] = profile_decode(policy, max(counts), 384)
-            print(f"profile (batch {max(counts)}, context 384): {results['profile']}", flush=True)
+            results["profile"] = {
+                f"{b}x{c}": off_thread(profile_decode, policy, b, c)
+                for b, c in ((1, 384), (max(counts), 384))
+            }
+            print(f"profile (rows x context): {results['profile']}", flush=True)
     finally:
         if server is not None:
             server.shutdown()

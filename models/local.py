@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from ponder.errors import BackendError, ConfigError, DependencyNotInstalled
-from ponder.models.engine import Engine, Stream, engine_dtype
+from ponder.models.engine import Engine, Stream, engine_dtype, off_thread
 from ponder.models.engine.decoder import supports
 from ponder.models.resolver import pick_device, pick_dtype, resolve_model
 from ponder.models.types import BasePolicy, Completion, Prompt, SamplingParams, apply_stop, first_stop
@@ -121,6 +121,24 @@ class LocalPolicy(BasePolicy):
             if num_threads < 1:
                 raise ConfigError(f"num_threads must be >= 1, got {num_threads}")
             torch.set_num_threads(num_threads)
+        # Loading runs multi-threaded torch ops; done on a thread that then ends, so the caller's
+        # thread owns no OpenMP team: with two teams alive on this 2-core machine libgomp stops
+        # spinning between parallel regions, and the engine's steps took 1.5x as long.
+        off_thread(self._load, model, device, dtype, max_batch_size, max_context, share_prompt_cache,
+                   engine, engine_dtype, engine_options)  # fmt: skip
+
+    def _load(
+        self,
+        model: str | os.PathLike[str] | None,
+        device: str,
+        dtype: str,
+        max_batch_size: int,
+        max_context: int | None,
+        share_prompt_cache: bool,
+        engine: bool | str,
+        engine_dtype: str,
+        engine_options: dict[str, Any] | None,
+    ) -> None:
         self.path: Path = resolve_model(None if model is None else str(model))
         self.name = self.path.name
         self.device = pick_device(device)

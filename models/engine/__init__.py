@@ -13,14 +13,46 @@ Example:
 from __future__ import annotations
 
 import functools
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
 from ponder.models.engine.engine import Delta, Engine, Stream, TokenInfo
 from ponder.models.resolver import pick_dtype
 
-__all__ = ["Delta", "Engine", "Stream", "TokenInfo", "cpu_has_bf16", "engine_dtype"]
+T = TypeVar("T")
+
+__all__ = ["Delta", "Engine", "Stream", "TokenInfo", "cpu_has_bf16", "engine_dtype", "off_thread"]
+
+
+def off_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` run on a new thread that ends when it returns (its result or its exception).
+
+    For heavy multi-threaded torch work done before the engine starts (loading a model): the
+    OpenMP team it creates dies with the thread instead of staying with the caller's thread.
+
+    Example:
+        >>> off_thread(sum, [1, 2, 3])
+        6
+    """
+    box: list[Any] = []
+
+    def run() -> None:
+        try:
+            box.append((True, fn(*args)))
+        except BaseException as e:  # handed to the caller
+            box.append((False, e))
+
+    thread = threading.Thread(target=run, name="ponder-load")
+    thread.start()
+    thread.join()
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
 
 
 @functools.cache

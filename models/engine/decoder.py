@@ -379,6 +379,55 @@ class Decoder:
         return torch.bmm(probs.view(b * kv, g, cap), values)
 
     # -- a chunk of one sequence ------------------------------------------------------------
+    def prefill_many(self, cache: SlotCache, items: list[tuple[int, torch.Tensor, int]]) -> None:
+        """``prefill`` for several sequences at once: ``(slot, tokens, start)`` each.
+
+        The matmuls and elementwise work run once over all their tokens; only the cache writes
+        and the attention go sequence by sequence. (Agents' prompts mostly differ by a few dozen
+        tokens after prefix reuse, so per-sequence forwards would be mostly overhead.)
+        """
+        if len(items) == 1:
+            self.prefill(cache, *items[0])
+            return
+        lens = [int(t.shape[0]) for _, t, _ in items]
+        tokens = torch.cat([t for _, t, _ in items])
+        positions = torch.cat(
+            [torch.arange(s, s + n, device=self.device) for (_, _, s), n in zip(items, lens, strict=True)]
+        )
+        cos, sin = self._rope(positions, max(s + n for (_, _, s), n in zip(items, lens, strict=True)) - 1)
+        cos, sin = cos[:, None], sin[:, None]
+        masks = []
+        for (_, _, start), n in zip(items, lens, strict=True):
+            pos = torch.arange(start, start + n, device=self.device)
+            causal = torch.arange(start + n, device=self.device)[None] <= pos[:, None]
+            masks.append(causal.repeat(self.group, 1)[None, None])
+        total = int(tokens.shape[0])
+        d, kv, g = self.head_dim, self.n_kv, self.group
+        x = self.embed[tokens]
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer, rms_norm(x, layer.ln1, self.eps))
+            q = _rotate(q.view(total, self.n_heads, d), cos, sin)
+            k = _rotate(k.view(total, kv, d), cos, sin)
+            v = v.view(total, kv, d)
+            kc, vc = cache.k[i], cache.v[i]
+            outs, off = [], 0
+            for (slot, _, start), n, mask in zip(items, lens, masks, strict=True):
+                end = start + n
+                kc[slot, :, start:end] = k[off : off + n].transpose(0, 1)
+                vc[slot, :, start:end] = v[off : off + n].transpose(0, 1)
+                qg = q[off : off + n].view(n, kv, g, d).permute(1, 2, 0, 3).reshape(1, kv, g * n, d)
+                attn = F.scaled_dot_product_attention(
+                    qg,
+                    kc[slot : slot + 1, :, :end],
+                    vc[slot : slot + 1, :, :end],
+                    attn_mask=mask,
+                    scale=self.scale,
+                )
+                outs.append(attn.view(kv, g, n, d).permute(2, 0, 1, 3).reshape(n, self.q_size))
+                off += n
+            x = x + layer.o(torch.cat(outs))
+            x = self._mlp(layer, x)
+
     def prefill(self, cache: SlotCache, slot: int, tokens: torch.Tensor, start: int) -> torch.Tensor:
         """Run ``tokens`` (``[P]``) of the sequence in ``slot`` at positions ``start..start+P-1``.
 

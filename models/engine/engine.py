@@ -47,7 +47,7 @@ import torch
 from ponder.errors import BackendError, ConfigError
 from ponder.models.engine.decoder import Decoder, SlotCache, rms_norm
 from ponder.models.engine.prefix import PrefixStore, common_prefix
-from ponder.models.engine.sampling import RowParams, pick, top_alternatives
+from ponder.models.engine.sampling import RowParams, pick
 from ponder.models.engine.text import TextStream
 from ponder.models.types import Completion, SamplingParams
 
@@ -483,15 +483,17 @@ class Engine:
         self.stats["peak_batch"] = max(self.stats["peak_batch"], len(self._slots))
 
     def _fit(self) -> None:
-        # room for every live sequence's tokens and one more (a prefilling prompt included)
-        self.cache.fit(max(len(s.tokens) for s in self._slots) + 1)
+        """Room for every live sequence's tokens and one more (a prefilling prompt included). With
+        the fused kernel a row reads only its own length, so room for up to 512 of its coming
+        tokens is made at once too: the cache is not copied into a larger one every few steps."""
+        ahead = (lambda s: min(s.budget - len(s.generated), 512)) if self.decoder.fused else (lambda s: 0)
+        self.cache.fit(min(self.max_len, max(len(s.tokens) + ahead(s) for s in self._slots) + 1))
 
-    def _match(self, seq: _Seq) -> None:
-        """Copy the longest already-computed prefix of the prompt: from a live sequence (a
-        sibling sample, a beam of the same search) or from the prefix store."""
-        seq.matched = True
+    def _source(self, seq: _Seq) -> tuple[Any, int]:
+        """Where the longest computed prefix of ``seq``'s prompt is: a live sequence (a sibling
+        sample, a beam of the same search), a stored entry, or nowhere; and its length."""
         if not self.reuse_prefix:
-            return
+            return None, 0
         usable = len(seq.prompt) - 1  # the last prompt token is run by the decode step
         live, from_live = None, 0
         for other in self._slots:
@@ -502,34 +504,55 @@ class Engine:
         entry, from_store = self.prefix.best(seq.ids)
         from_store = min(from_store, usable)
         if live is not None and from_live >= from_store:
-            self.cache.move(live.slot, seq.slot, from_live)
-            seq.pos = from_live
-        elif entry is not None and from_store > 0:
-            self.cache.load(seq.slot, entry.kv, from_store)
-            seq.pos = from_store
-        seq.reused = seq.pos
-        self.stats["reused"] += seq.pos
+            return live, from_live
+        return (entry, from_store) if from_store > 0 else (None, 0)
+
+    def _match(self, seq: _Seq) -> None:
+        """Copy the longest already-computed prefix of the prompt into the sequence's slot."""
+        seq.matched = True
+        source, n = self._source(seq)
+        if isinstance(source, _Seq):
+            self.cache.move(source.slot, seq.slot, n)
+        elif source is not None:
+            self.cache.load(seq.slot, source.kv, n)
+        seq.pos = seq.reused = n
+        self.stats["reused"] += n
 
     def _prefill(self) -> None:
-        """Read prompts in slot order, at most ``prefill_chunk`` tokens per iteration; a prompt
-        whose tokens but the last are in the cache joins the decoding rows."""
+        """Read prompts in slot order, at most ``prefill_chunk`` tokens per iteration, all in one
+        batched forward; a prompt whose tokens but the last are in the cache joins the decoding
+        rows. A prompt that shares a long prefix with one being read in this batch waits one
+        iteration, so it copies that prefix instead of reading it again (n samples, sibling beams)."""
         budget = self.prefill_chunk
-        while self._decoding < len(self._slots):
-            seq = self._slots[self._decoding]
+        batch: list[tuple[_Seq, int]] = []
+        for seq in self._slots[self._decoding :]:
             if not seq.matched:
+                _, now = self._source(seq)
+                later = max((common_prefix(o.prompt, seq.prompt) for o, _ in batch), default=0)
+                if later - now >= 16:
+                    break
                 self._match(seq)
             todo = len(seq.prompt) - 1 - seq.pos
             if todo > 0:
                 if budget <= 0:
-                    return
+                    break
                 take = min(todo, budget)
-                chunk = torch.tensor(seq.prompt[seq.pos : seq.pos + take], device=self.device)
-                self.decoder.prefill(self.cache, seq.slot, chunk, seq.pos)
-                seq.pos += take
+                batch.append((seq, take))
                 budget -= take
-                self.stats["prefilled"] += take
-                if take < todo:
-                    return
+        if batch:
+            items = [
+                (s.slot, torch.tensor(s.prompt[s.pos : s.pos + n], device=self.device), s.pos)
+                for s, n in batch
+            ]
+            self.decoder.prefill_many(self.cache, items)
+            for s, n in batch:
+                s.pos += n
+                self.stats["prefilled"] += n
+        # decoding rows stay slots 0..D-1: promote in slot order
+        while self._decoding < len(self._slots):
+            seq = self._slots[self._decoding]
+            if not seq.matched or seq.pos < len(seq.prompt) - 1:
+                break
             seq.state = _DECODE
             self._decoding += 1
 
@@ -556,7 +579,12 @@ class Engine:
         want = any(s.params.logprobs or s.top_k for s in rows)
         chosen, logprobs = pick(logits, [s.row for s in rows], want_logprobs=want)
         k = max(s.top_k for s in rows)
-        tops = top_alternatives(logits, k) if k else None
+        tops = None
+        if k:  # alternatives and the chosen token's value from one log-softmax: they must agree
+            full = torch.log_softmax(logits.float(), dim=-1)
+            values, ids = full.topk(k, dim=-1)
+            tops = (ids, values)
+            logprobs = full.gather(1, chosen[:, None].to(full.device)).squeeze(1)
         chosen_l = chosen.tolist()
         lp_l = logprobs.tolist() if logprobs is not None else None
         t1 = time.perf_counter()

@@ -6,7 +6,7 @@ their per-call overhead, not memory, sets the speed: 28 ms per 32-row step for 3
 ~5 ms to merely read the 142 MB of keys/values (measured on the 2-core EPYC). This kernel
 reads each row's keys and values once, only up to its own length (not the padded capacity),
 and does scores, softmax and the weighted sum in one pass per (row, KV head), split over
-OpenMP threads.
+OpenMP threads (torch's own runtime, so the kernels and torch's matmuls share one team).
 
 It is plain C called through ``ctypes`` on tensor pointers: no torch headers, so it compiles
 in about a second (``cc -O3 -march=native -fopenmp``) into ``~/.cache/ponder/kernels`` (or
@@ -48,6 +48,7 @@ _SOURCE = r"""
 #include <stdint.h>
 #include <stdlib.h>
 #include <math.h>
+#include <omp.h>
 
 static inline float bf16_in(uint16_t h) { union { uint32_t u; float f; } x; x.u = ((uint32_t)h) << 16; return x.f; }
 static inline uint16_t bf16_out(float f) {
@@ -57,58 +58,82 @@ static inline uint16_t bf16_out(float f) {
 static inline float f32_in(float f) { return f; }
 static inline float f32_out(float f) { return f; }
 
-/* q [B, KV, G, D]; k, v [slots, KV, cap, D]; out [B, KV, G, D]; row b sees positions 0..pos[b] */
-/* DIM: a compile-time head size (64, 128: the dot products unroll), or the runtime D (0) */
+/* ---- work split over OpenMP threads (torch's own runtime: the kernels share its thread team) ---- */
+typedef void (*task_fn)(void* ctx, int start, int end);
+
+static void parallel_for(int n, int threads, task_fn fn, void* ctx) {
+    if (threads <= 1 || n <= 1) { fn(ctx, 0, n); return; }
+    #pragma omp parallel num_threads(threads)
+    {
+        const int parts = omp_get_num_threads(), part = omp_get_thread_num();
+        const int chunk = (n + parts - 1) / parts, s = part * chunk, e = s + chunk < n ? s + chunk : n;
+        if (s < e) fn(ctx, s, e);
+    }
+}
+
+/* ---- decode attention: q [B, KV, G, D]; k, v [slots, KV, cap, D]; out [B, KV, G, D] ---------------
+   row b sees positions 0..pos[b]; one task per (row, KV head). DIM: a compile-time head size (64,
+   128: the dot products unroll) or the runtime D (0). */
+typedef struct {
+    const void *q, *k, *v; const int64_t* pos; void* out;
+    int B, KV, G, D, cap; float scale;
+} attn_ctx;
+
 #define ATTENTION(NAME, T, IN, OUT, DIM)                                                        \
-void NAME(const T* q, const T* k, const T* v, const int64_t* pos, T* out,                       \
-          int B, int KV, int G, int D_, int cap, float scale, int threads) {                    \
-    const int D = DIM ? DIM : D_;                                                               \
-    _Pragma("omp parallel for collapse(2) schedule(dynamic, 1) num_threads(threads)")           \
-    for (int b = 0; b < B; b++) {                                                               \
-        for (int h = 0; h < KV; h++) {                                                          \
-            const int n = (int)pos[b] + 1;                                                      \
-            const size_t head = (size_t)(b * KV + h);                                           \
-            const T* kh = k + head * cap * D;                                                   \
-            const T* vh = v + head * cap * D;                                                   \
-            float* qf = (float*)malloc(sizeof(float) * G * D);                                  \
-            float* acc = (float*)calloc((size_t)G * D, sizeof(float));                          \
-            float* s = (float*)malloc(sizeof(float) * (size_t)G * n);                           \
-            float* row = (float*)malloc(sizeof(float) * D);                                     \
-            for (int g = 0; g < G; g++)                                                         \
-                for (int d = 0; d < D; d++) qf[g * D + d] = IN(q[(head * G + g) * D + d]) * scale; \
-            for (int t = 0; t < n; t++) {                                                       \
-                const T* kt = kh + (size_t)t * D;                                               \
-                for (int d = 0; d < D; d++) row[d] = IN(kt[d]);                                 \
-                for (int g = 0; g < G; g++) {                                                   \
-                    const float* qg = qf + g * D;                                               \
-                    float dot = 0.f;                                                            \
-                    for (int d = 0; d < D; d++) dot += qg[d] * row[d];                          \
-                    s[(size_t)g * n + t] = dot;                                                 \
-                }                                                                               \
-            }                                                                                   \
+static void NAME##_task(void* p, int start, int end) {                                          \
+    const attn_ctx* c = (const attn_ctx*)p;                                                     \
+    const int D = DIM ? DIM : c->D, G = c->G;                                                   \
+    const T* q = (const T*)c->q; const T* k = (const T*)c->k; const T* v = (const T*)c->v;      \
+    T* out = (T*)c->out;                                                                        \
+    for (int item = start; item < end; item++) {                                                \
+        const int b = item / c->KV;                                                             \
+        const int n = (int)c->pos[b] + 1;                                                       \
+        const size_t head = (size_t)item;                                                       \
+        const T* kh = k + head * c->cap * D;                                                    \
+        const T* vh = v + head * c->cap * D;                                                    \
+        float* qf = (float*)malloc(sizeof(float) * G * D);                                      \
+        float* acc = (float*)calloc((size_t)G * D, sizeof(float));                              \
+        float* s = (float*)malloc(sizeof(float) * (size_t)G * n);                               \
+        float* row = (float*)malloc(sizeof(float) * D);                                         \
+        for (int g = 0; g < G; g++)                                                             \
+            for (int d = 0; d < D; d++) qf[g * D + d] = IN(q[(head * G + g) * D + d]) * c->scale; \
+        for (int t = 0; t < n; t++) {                                                           \
+            const T* kt = kh + (size_t)t * D;                                                   \
+            for (int d = 0; d < D; d++) row[d] = IN(kt[d]);                                     \
             for (int g = 0; g < G; g++) {                                                       \
-                float* sg = s + (size_t)g * n;                                                  \
-                float mx = sg[0];                                                               \
-                for (int t = 1; t < n; t++) mx = sg[t] > mx ? sg[t] : mx;                       \
-                float sum = 0.f;                                                                \
-                for (int t = 0; t < n; t++) { sg[t] = expf(sg[t] - mx); sum += sg[t]; }         \
-                const float inv = 1.f / sum;                                                    \
-                for (int t = 0; t < n; t++) sg[t] *= inv;                                       \
+                const float* qg = qf + g * D;                                                   \
+                float dot = 0.f;                                                                \
+                for (int d = 0; d < D; d++) dot += qg[d] * row[d];                              \
+                s[(size_t)g * n + t] = dot;                                                     \
             }                                                                                   \
-            for (int t = 0; t < n; t++) {                                                       \
-                const T* vt = vh + (size_t)t * D;                                               \
-                for (int d = 0; d < D; d++) row[d] = IN(vt[d]);                                 \
-                for (int g = 0; g < G; g++) {                                                   \
-                    const float p = s[(size_t)g * n + t];                                       \
-                    float* ag = acc + g * D;                                                    \
-                    for (int d = 0; d < D; d++) ag[d] += p * row[d];                            \
-                }                                                                               \
-            }                                                                                   \
-            for (int g = 0; g < G; g++)                                                         \
-                for (int d = 0; d < D; d++) out[(head * G + g) * D + d] = OUT(acc[g * D + d]);  \
-            free(qf); free(acc); free(s); free(row);                                            \
         }                                                                                       \
+        for (int g = 0; g < G; g++) {                                                           \
+            float* sg = s + (size_t)g * n;                                                      \
+            float mx = sg[0];                                                                   \
+            for (int t = 1; t < n; t++) mx = sg[t] > mx ? sg[t] : mx;                           \
+            float sum = 0.f;                                                                    \
+            for (int t = 0; t < n; t++) { sg[t] = expf(sg[t] - mx); sum += sg[t]; }             \
+            const float inv = 1.f / sum;                                                        \
+            for (int t = 0; t < n; t++) sg[t] *= inv;                                           \
+        }                                                                                       \
+        for (int t = 0; t < n; t++) {                                                           \
+            const T* vt = vh + (size_t)t * D;                                                   \
+            for (int d = 0; d < D; d++) row[d] = IN(vt[d]);                                     \
+            for (int g = 0; g < G; g++) {                                                       \
+                const float pr = s[(size_t)g * n + t];                                          \
+                float* ag = acc + g * D;                                                        \
+                for (int d = 0; d < D; d++) ag[d] += pr * row[d];                               \
+            }                                                                                   \
+        }                                                                                       \
+        for (int g = 0; g < G; g++)                                                             \
+            for (int d = 0; d < D; d++) out[(head * G + g) * D + d] = OUT(acc[g * D + d]);      \
+        free(qf); free(acc); free(s); free(row);                                                \
     }                                                                                           \
+}                                                                                               \
+void NAME(const T* q, const T* k, const T* v, const int64_t* pos, T* out,                       \
+          int B, int KV, int G, int D, int cap, float scale, int threads) {                     \
+    attn_ctx c = {q, k, v, pos, out, B, KV, G, D, cap, scale};                                  \
+    parallel_for(B * KV, threads, NAME##_task, &c);                                             \
 }
 
 ATTENTION(attention_bf16, uint16_t, bf16_in, bf16_out, 0)
@@ -118,25 +143,71 @@ ATTENTION(attention_f32_64, float, f32_in, f32_out, 64)
 ATTENTION(attention_bf16_128, uint16_t, bf16_in, bf16_out, 128)
 ATTENTION(attention_f32_128, float, f32_in, f32_out, 128)
 
-/* y [M, N] = x [M, K] @ (w [N, K] int8 * scale [N])^T (+ bias), for few rows (M <= 4): weight-bound, so
-   each int8 weight row is read once for all M rows; bf16 in and out, float accumulation */
+/* ---- next-token choice per row of float32 logits [B, V] ------------------------------------------
+   temp[b] == 0: argmax; else inverse-CDF sampling of softmax(logits / temp) at uniform[b] (one pass for
+   the max, one for the normaliser, one partial scan). logprob[b]: the raw log-softmax of the choice. */
+typedef struct { const float* logits; const float* temp; const float* uniform; int64_t* token; float* logprob; int V, want; } pick_ctx;
+
+static void pick_task(void* p, int start, int end) {
+    const pick_ctx* c = (const pick_ctx*)p;
+    const int V = c->V;
+    for (int b = start; b < end; b++) {
+        const float* l = c->logits + (size_t)b * V;
+        float mx = l[0]; int arg = 0;
+        for (int i = 1; i < V; i++) if (l[i] > mx) { mx = l[i]; arg = i; }
+        int tok = arg;
+        const float t = c->temp[b];
+        if (t > 0.f) {
+            const float inv = 1.f / t;
+            float sum = 0.f;
+            for (int i = 0; i < V; i++) sum += expf((l[i] - mx) * inv);
+            const float target = c->uniform[b] * sum;
+            float acc = 0.f;
+            tok = V - 1;
+            for (int i = 0; i < V; i++) {
+                acc += expf((l[i] - mx) * inv);
+                if (acc > target) { tok = i; break; }
+            }
+        }
+        c->token[b] = tok;
+        if (c->want) {
+            float sum = 0.f;
+            for (int i = 0; i < V; i++) sum += expf(l[i] - mx);
+            c->logprob[b] = l[tok] - mx - logf(sum);
+        }
+    }
+}
+
+void pick_rows(const float* logits, const float* temp, const float* uniform, int64_t* token, float* logprob,
+               int B, int V, int want, int threads) {
+    pick_ctx c = {logits, temp, uniform, token, logprob, V, want};
+    parallel_for(B, threads, pick_task, &c);
+}
+
+/* ---- y [M, N] = x [M, K] @ (w [N, K] int8 * scale [N])^T (+ bias), M <= 4 -------------------------
+   weight-bound: each int8 row is read once for all M rows; bf16 in and out, float accumulation */
+typedef struct { const float* xf; const int8_t* w; const float* scale; const uint16_t* bias; uint16_t* y; int M, N, K; } gemv_ctx;
+
+static void gemv_task(void* p, int start, int end) {
+    const gemv_ctx* c = (const gemv_ctx*)p;
+    for (int n = start; n < end; n++) {
+        const int8_t* wn = c->w + (size_t)n * c->K;
+        const float b = c->bias ? bf16_in(c->bias[n]) : 0.f;
+        for (int m = 0; m < c->M; m++) {
+            const float* xm = c->xf + (size_t)m * c->K;
+            float s = 0.f;
+            for (int k = 0; k < c->K; k++) s += (float)wn[k] * xm[k];
+            c->y[(size_t)m * c->N + n] = bf16_out(s * c->scale[n] + b);
+        }
+    }
+}
+
 void gemv_i8_bf16(const uint16_t* x, const int8_t* w, const float* scale, const uint16_t* bias, uint16_t* y,
                   int M, int N, int K, int threads) {
     float* xf = (float*)malloc(sizeof(float) * (size_t)M * K);
     for (int i = 0; i < M * K; i++) xf[i] = bf16_in(x[i]);
-    #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int n = 0; n < N; n++) {
-        const int8_t* wn = w + (size_t)n * K;
-        float acc[4] = {0.f, 0.f, 0.f, 0.f};
-        for (int m = 0; m < M; m++) {
-            const float* xm = xf + (size_t)m * K;
-            float s = 0.f;
-            for (int k = 0; k < K; k++) s += (float)wn[k] * xm[k];
-            acc[m] = s;
-        }
-        const float b = bias ? bf16_in(bias[n]) : 0.f;
-        for (int m = 0; m < M; m++) y[(size_t)m * N + n] = bf16_out(acc[m] * scale[n] + b);
-    }
+    gemv_ctx c = {xf, w, scale, bias, y, M, N, K};
+    parallel_for(N, threads, gemv_task, &c);
     free(xf);
 }
 
@@ -154,30 +225,40 @@ void rmsnorm_bf16(const uint16_t* x, const uint16_t* w, uint16_t* out, int N, in
 
 /* rotate q and k of one decode step (rotate-half rope), write k and v at each row's position, and
    attend: qkv [B, (H + 2KV) * D]; cos/sin [B, D] float; caches [slots, KV, cap, D]; out [B, H * D] */
+typedef struct {
+    const uint16_t* qkv; const float *cos, *sin; uint16_t *kc, *vc, *q; const int64_t* pos;
+    int H, KV, D, cap;
+} rope_ctx;
+
+static void rope_task(void* p, int start, int end) {
+    const rope_ctx* c = (const rope_ctx*)p;
+    const int H = c->H, KV = c->KV, D = c->D, half = D / 2, stride = (H + 2 * KV) * D;
+    for (int item = start; item < end; item++) {
+        const int b = item / (H + KV), h = item % (H + KV);  /* the H query heads, then the KV key heads */
+        const uint16_t* src = c->qkv + (size_t)b * stride + (size_t)h * D;
+        const float* cs = c->cos + (size_t)b * D;
+        const float* sn = c->sin + (size_t)b * D;
+        uint16_t* dst = h < H ? c->q + ((size_t)b * H + h) * D
+                              : c->kc + (((size_t)b * KV + (h - H)) * c->cap + c->pos[b]) * D;
+        for (int i = 0; i < D; i++) {
+            const float rot = i < half ? -bf16_in(src[i + half]) : bf16_in(src[i - half]);
+            dst[i] = bf16_out(bf16_in(src[i]) * cs[i] + rot * sn[i]);
+        }
+        if (h >= H) {
+            const uint16_t* vs = c->qkv + (size_t)b * stride + (size_t)(H + KV + (h - H)) * D;
+            uint16_t* vd = c->vc + (((size_t)b * KV + (h - H)) * c->cap + c->pos[b]) * D;
+            for (int i = 0; i < D; i++) vd[i] = vs[i];
+        }
+    }
+}
+
 void rope_attend_bf16(const uint16_t* qkv, const float* cos, const float* sin, uint16_t* kc, uint16_t* vc,
                       const int64_t* pos, uint16_t* out, int B, int H, int KV, int D, int cap,
                       float scale, int threads) {
-    const int G = H / KV, half = D / 2, stride = (H + 2 * KV) * D;
     uint16_t* q = (uint16_t*)malloc(sizeof(uint16_t) * (size_t)B * H * D);
-    #pragma omp parallel for collapse(2) num_threads(threads)
-    for (int b = 0; b < B; b++) {
-        for (int h = 0; h < H + KV; h++) {  /* the H query heads, then the KV key heads */
-            const uint16_t* src = qkv + (size_t)b * stride + (size_t)h * D;
-            const float* c = cos + (size_t)b * D;
-            const float* sn = sin + (size_t)b * D;
-            uint16_t* dst = h < H ? q + ((size_t)b * H + h) * D
-                                  : kc + (((size_t)b * KV + (h - H)) * cap + pos[b]) * D;
-            for (int i = 0; i < D; i++) {
-                const float rot = i < half ? -bf16_in(src[i + half]) : bf16_in(src[i - half]);
-                dst[i] = bf16_out(bf16_in(src[i]) * c[i] + rot * sn[i]);
-            }
-            if (h >= H) {
-                const uint16_t* vs = qkv + (size_t)b * stride + (size_t)(H + KV + (h - H)) * D;
-                uint16_t* vd = vc + (((size_t)b * KV + (h - H)) * cap + pos[b]) * D;
-                for (int i = 0; i < D; i++) vd[i] = vs[i];
-            }
-        }
-    }
+    rope_ctx c = {qkv, cos, sin, kc, vc, q, pos, H, KV, D, cap};
+    parallel_for(B * (H + KV), threads, rope_task, &c);
+    const int G = H / KV;
     if (D == 64) attention_bf16_64(q, kc, vc, pos, out, B, KV, G, D, cap, scale, threads);
     else if (D == 128) attention_bf16_128(q, kc, vc, pos, out, B, KV, G, D, cap, scale, threads);
     else attention_bf16(q, kc, vc, pos, out, B, KV, G, D, cap, scale, threads);
@@ -185,7 +266,16 @@ void rope_attend_bf16(const uint16_t* qkv, const float* cos, const float* sin, u
 }
 """
 
-_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
+_FLAGS = ["-O3", "-march=native", "-ffast-math", "-shared", "-fPIC", "-fopenmp"]
+
+
+def _cpu_flags() -> str:
+    try:
+        return next(
+            (line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), ""
+        )
+    except OSError:
+        return ""
 
 
 def _build(folder: Path) -> Path | None:
@@ -193,7 +283,8 @@ def _build(folder: Path) -> Path | None:
     if compiler is None:
         log.info("no C compiler: the engine uses batched matmuls for decode attention")
         return None
-    digest = hashlib.sha256((_SOURCE + " ".join(_FLAGS) + compiler).encode()).hexdigest()[:16]
+    # -march=native: a build is only good for this CPU (a home folder may be shared by others)
+    digest = hashlib.sha256((_SOURCE + " ".join(_FLAGS) + compiler + _cpu_flags()).encode()).hexdigest()[:16]
     target = folder / f"decode_attention_{digest}.so"
     if target.is_file():
         return target
@@ -245,7 +336,25 @@ def load() -> Any:
     lib.rope_attend_bf16.restype = None
     lib.gemv_i8_bf16.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 4
     lib.gemv_i8_bf16.restype = None
+    lib.pick_rows.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 4
+    lib.pick_rows.restype = None
     return lib
+
+
+def pick_rows(
+    lib: Any, logits: torch.Tensor, temps: torch.Tensor, uniform: torch.Tensor, want_logprobs: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Next tokens of float32 ``logits`` ``[B, V]``: argmax where ``temps`` is 0, else a draw
+    from softmax(logits / temp) at ``uniform``; and the raw log-probabilities if asked."""
+    b, v = logits.shape
+    logits = logits.contiguous()
+    tokens = torch.empty(b, dtype=torch.int64)
+    logprobs = torch.empty(b, dtype=torch.float32)
+    lib.pick_rows(
+        logits.data_ptr(), temps.data_ptr(), uniform.data_ptr(), tokens.data_ptr(), logprobs.data_ptr(),
+        b, v, int(want_logprobs), torch.get_num_threads(),
+    )  # fmt: skip
+    return tokens, logprobs if want_logprobs else None
 
 
 def gemv_i8_bf16(

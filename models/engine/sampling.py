@@ -20,7 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["RowParams", "pick", "top_alternatives"]
+from ponder.models.engine.kernels import load, pick_rows
+
+__all__ = ["RowParams", "pick"]
 
 
 @dataclass
@@ -67,6 +69,14 @@ def pick(
     Returns the tokens ``[B]`` and, if asked, their raw log-probabilities ``[B]``.
     """
     device = logits.device
+    lib = load() if device.type == "cpu" else None
+    if lib is not None and all(r.top_p >= 1.0 for r in rows):  # one C pass per row (kernels.py)
+        uniform = torch.rand(len(rows))
+        for k, r in enumerate(rows):
+            if r.temperature > 0 and r.generator is not None:
+                uniform[k] = torch.rand(1, generator=r.generator)[0]
+        temps = torch.tensor([r.temperature for r in rows], dtype=torch.float32)
+        return pick_rows(lib, logits.float(), temps, uniform, want_logprobs)
     chosen = logits.argmax(dim=-1)
     sampled = [i for i, r in enumerate(rows) if r.temperature > 0]
     if sampled:
@@ -86,9 +96,3 @@ def pick(
     if want_logprobs:
         logprobs = torch.log_softmax(logits, dim=-1).gather(1, chosen[:, None]).squeeze(1)
     return chosen, logprobs
-
-
-def top_alternatives(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` most likely tokens of each row and their log-probabilities."""
-    values, ids = torch.log_softmax(logits, dim=-1).topk(k, dim=-1)
-    return ids, values
