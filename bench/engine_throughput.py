@@ -35,7 +35,6 @@ from typing import Any
 import torch
 
 from ponder.models import Prompt, SamplingParams
-from ponder.models.engine import off_thread
 from ponder.models.local import LocalPolicy
 
 SYSTEM = (
@@ -231,7 +230,8 @@ def llama_cpp_bench(turns: int, max_tokens: int) -> dict[str, Any] | None:
 # -- where the time goes ----------------------------------------------------------------------
 def profile_decode(policy: LocalPolicy, batch: int, context: int, steps: int = 10) -> dict[str, Any]:
     """One decode step of ``batch`` rows at ``context`` positions, split by timing its parts alone:
-    the weight matmuls (the same calls on the same shapes), the attention blocks, and the rest."""
+    the weight matmuls (the same calls on the same shapes), the attention blocks, and the rest.
+    Run on the engine's thread (``Engine.call``), where the engine's own steps run."""
     from ponder.models.engine import kernels
     from ponder.models.engine.decoder import SlotCache
 
@@ -343,7 +343,7 @@ def main() -> None:
                 print(f"   beam {row}", flush=True)
         if not args.skip_profile:
             results["profile"] = {
-                f"{b}x{c}": off_thread(profile_decode, policy, b, c)
+                f"{b}x{c}": policy.engine.call(profile_decode, policy, b, c)
                 for b, c in ((1, 384), (max(counts), 384))
             }
             print(f"profile (rows x context): {results['profile']}", flush=True)

@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dtype", type=_names, default=["float32", "bfloat16"], help="comma-separated dtypes")
     ap.add_argument("--repeat", type=int, default=2, help="runs per cell; the best is reported")
     ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--engine", default="off", choices=["off", "on"], help="plain generate, or the engine in --dtype"
+    )
     ap.add_argument("--model", default=None, help="local model folder (default: SmolLM2-135M-Instruct)")
     args = ap.parse_args(argv)
 
@@ -56,7 +59,14 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for dtype in args.dtype:
         t0 = time.perf_counter()
-        policy = LocalPolicy(path, device=args.device, dtype=dtype, max_batch_size=max(args.batches))
+        policy = LocalPolicy(
+            path,
+            device=args.device,
+            dtype=dtype,
+            max_batch_size=max(args.batches),
+            engine=args.engine == "on",
+            engine_dtype=dtype,
+        )
         load = time.perf_counter() - t0
         print(f"model load ({dtype}, {policy.device}): {load:.2f} s")
         policy.generate([Prompt.user(PROMPTS[0])], SamplingParams(max_tokens=8))  # warm-up

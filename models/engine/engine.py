@@ -169,6 +169,20 @@ class _FeatureJob:
         return self._value
 
 
+class _CallJob(_FeatureJob):
+    """A callable run on the scheduler thread (see ``Engine.call``)."""
+
+    def __init__(self, fn: Any, args: tuple[Any, ...]):
+        super().__init__([], 0)
+        self.fn, self.args = fn, args
+
+    def run(self) -> None:
+        try:
+            self.finish(self.fn(*self.args))
+        except BaseException as e:  # handed to the caller
+            self.fail(e)
+
+
 class _Seq:
     """Scheduler-side state of one sequence."""
 
@@ -256,7 +270,7 @@ class Engine:
         self._cond = threading.Condition()
         self._room = threading.Condition(self._cond)
         self._closed = False
-        self._jobs: deque[_FeatureJob] = deque()  # PRM reads, served between decode steps
+        self._jobs: deque[_FeatureJob] = deque()  # PRM reads and calls, served between decode steps
         self._readers: dict[int, tuple[Decoder, SlotCache, PrefixStore]] = {}
         self.prm_cache_tokens = prefix_cache_tokens
         self.stats: dict[str, Any] = {
@@ -363,6 +377,24 @@ class Engine:
             self._cond.notify_all()
         return job
 
+    def call(self, fn: Any, *args: Any, timeout: float | None = None) -> Any:
+        """Run ``fn(*args)`` on the scheduler thread between two steps and return its result.
+
+        For other torch work that should not start an OpenMP team on a thread of its own (a
+        second team makes both slower: see the README), and for measuring the engine's own steps.
+
+        Example:
+            >>> policy.engine.call(sum, [1, 2])  # doctest: +SKIP
+            3
+        """
+        job = _CallJob(fn, args)
+        with self._cond:
+            if self._closed:
+                raise BackendError("the engine is closed; create a new policy")
+            self._jobs.append(job)
+            self._cond.notify_all()
+        return job.result(timeout)
+
     def close(self) -> None:
         """Stop the scheduler; running and waiting sequences end as cancelled."""
         with self._cond:
@@ -447,7 +479,10 @@ class Engine:
         self.timings["slots"] += t1 - t0
         self.timings["prefill"] += time.perf_counter() - t1
         for job in jobs:
-            self._read(job)
+            if isinstance(job, _CallJob):
+                job.run()
+            else:
+                self._read(job)
         if self._decoding:
             self._decode()
         return True
