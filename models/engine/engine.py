@@ -110,12 +110,7 @@ class Stream:
 
     def result(self, timeout: float | None = None) -> Completion:
         """Block until the sequence ends; its ``Completion``."""
-        if not self._done.wait(timeout):
-            raise BackendError(f"generation did not finish within {timeout} s")
-        if self.error is not None:
-            raise self.error
-        assert self.completion is not None
-        return self.completion
+        return _outcome(self._done, timeout, "generation", self, "error", "completion")
 
     @property
     def done(self) -> bool:
@@ -140,6 +135,17 @@ class Stream:
 _FAILED = Delta(text="")
 
 
+def _outcome(
+    done: threading.Event, timeout: float | None, what: str, owner: Any, error: str, value: str
+) -> Any:
+    """Wait for ``done``, then raise ``owner.<error>`` if set, else return ``owner.<value>``."""
+    if not done.wait(timeout):
+        raise BackendError(f"{what} did not finish within {timeout} s")
+    if getattr(owner, error) is not None:
+        raise getattr(owner, error)
+    return getattr(owner, value)
+
+
 class _FeatureJob:
     """A queued PRM read (see ``Engine.features``)."""
 
@@ -160,13 +166,8 @@ class _FeatureJob:
         self._error = error
         self._done.set()
 
-    def result(self, timeout: float | None = None) -> torch.Tensor:
-        if not self._done.wait(timeout):
-            raise BackendError(f"PRM read did not finish within {timeout} s")
-        if self._error is not None:
-            raise self._error
-        assert self._value is not None
-        return self._value
+    def result(self, timeout: float | None = None) -> Any:
+        return _outcome(self._done, timeout, "an engine job", self, "_error", "_value")
 
 
 class _CallJob(_FeatureJob):
