@@ -379,16 +379,16 @@ class Decoder:
         return torch.bmm(probs.view(b * kv, g, cap), values)
 
     # -- a chunk of one sequence ------------------------------------------------------------
-    def prefill_many(self, cache: SlotCache, items: list[tuple[int, torch.Tensor, int]]) -> None:
+    def prefill_many(self, cache: SlotCache, items: list[tuple[int, torch.Tensor, int]]) -> torch.Tensor:
         """``prefill`` for several sequences at once: ``(slot, tokens, start)`` each.
 
         The matmuls and elementwise work run once over all their tokens; only the cache writes
-        and the attention go sequence by sequence. (Agents' prompts mostly differ by a few dozen
+        and the attention go sequence by sequence. Returns the hidden states of all the tokens,
+        in order. (Agents' prompts mostly differ by a few dozen
         tokens after prefix reuse, so per-sequence forwards would be mostly overhead.)
         """
         if len(items) == 1:
-            self.prefill(cache, *items[0])
-            return
+            return self.prefill(cache, *items[0])
         lens = [int(t.shape[0]) for _, t, _ in items]
         tokens = torch.cat([t for _, t, _ in items])
         positions = torch.cat(
@@ -427,6 +427,7 @@ class Decoder:
                 off += n
             x = x + layer.o(torch.cat(outs))
             x = self._mlp(layer, x)
+        return x
 
     def prefill(self, cache: SlotCache, slot: int, tokens: torch.Tensor, start: int) -> torch.Tensor:
         """Run ``tokens`` (``[P]``) of the sequence in ``slot`` at positions ``start..start+P-1``.

@@ -482,8 +482,9 @@ class Engine:
         for job in jobs:
             if isinstance(job, _CallJob):
                 job.run()
-            else:
-                self._read(job)
+        reads = [job for job in jobs if not isinstance(job, _CallJob)]
+        if reads:
+            self._read_all(reads)
         if self._decoding:
             self._decode()
         return True
@@ -673,53 +674,93 @@ class Engine:
             stop_reason=stop,
         )
 
-    def _read(self, job: _FeatureJob) -> None:
-        """Serve one PRM read (see ``features``) on a float32 reader of the first layers."""
-        try:
-            if job.layers not in self._readers:
-                reader = Decoder(self._model, torch.float32, layers=job.layers, fused=False)
-                self._readers[job.layers] = (
-                    reader,
-                    SlotCache(reader, 1, self.max_len),
-                    PrefixStore(self.prm_cache_tokens),
+    def _reader(self, layers: int, slots: int) -> tuple[Decoder, SlotCache, PrefixStore]:
+        """The float32 reader of the first ``layers`` layers, its cache (``slots`` at least) and store."""
+        if layers not in self._readers:
+            reader = Decoder(self._model, torch.float32, layers=layers, fused=False)
+            self._readers[layers] = (
+                reader,
+                SlotCache(reader, slots, self.max_len),
+                PrefixStore(self.prm_cache_tokens),
+            )
+        reader, cache, store = self._readers[layers]
+        if cache.slots < slots:
+            cache = SlotCache(reader, slots, self.max_len)
+            self._readers[layers] = (reader, cache, store)
+        return reader, cache, store
+
+    def _read_all(self, jobs: list[_FeatureJob]) -> None:
+        """Serve PRM reads (see ``features``) in batched waves: every read's new tokens in one
+        forward; a read sharing a long prefix with another in the wave waits for the next wave,
+        so it copies that prefix (sibling candidates) instead of reading it again."""
+        todo = list(jobs)
+        while todo:
+            layers = todo[0].layers
+            wave: list[_FeatureJob] = []
+            later: list[_FeatureJob] = []
+            for job in todo:
+                if job.layers != layers or len(wave) >= self.max_batch_size:
+                    later.append(job)
+                    continue
+                store = self._readers[layers][2] if layers in self._readers else None
+                now = store.best(np.asarray(job.ids))[1] if store is not None and self.reuse_prefix else 0
+                shared = max((common_prefix(w.ids, job.ids) for w in wave), default=0)
+                (later if shared - now >= 16 else wave).append(job)
+            try:
+                self._read_wave(wave)
+            except Exception as e:  # a bad read fails its callers, not the engine
+                err = (
+                    e
+                    if isinstance(e, (BackendError, ConfigError))
+                    else BackendError(f"PRM read failed: {e!r}")
                 )
-            reader, cache, store = self._readers[job.layers]
+                for job in wave:
+                    job.fail(err)
+            todo = later
+
+    def _read_wave(self, wave: list[_FeatureJob]) -> None:
+        reader, cache, store = self._reader(wave[0].layers, len(wave))
+        cache.fit(max(len(job.ids) for job in wave) + 1)
+        plans = []
+        for slot, job in enumerate(wave):
             ids = np.asarray(job.ids, dtype=np.int64)
-            ends = np.cumsum([len(s) for s in job.segments]) - 1
+            ends = [int(e) for e in np.cumsum([len(s) for s in job.segments]) - 1]
             entry, start = store.best(ids) if self.reuse_prefix else (None, 0)
             known: dict[int, torch.Tensor] = {}
             if entry is not None:
-                # reuse up to the first segment end whose feature the entry does not hold
-                for e in ends:
+                for e in ends:  # reuse up to the first segment end whose feature the entry lacks
                     if e >= start:
                         break
-                    if int(e) not in entry.extra:
-                        start = int(e)
+                    if e not in entry.extra:
+                        start = e
                         break
-                    known[int(e)] = entry.extra[int(e)]
+                    known[e] = entry.extra[e]
                 start = min(start, len(ids) - 1)
                 known = {e: f for e, f in known.items() if e < start}
-            cache.fit(len(ids) + 1)
-            if entry is not None and start > 0:
-                cache.load(0, entry.kv, start)
+                if start > 0:
+                    cache.load(slot, entry.kv, start)
             else:
                 start = 0
-            for a in range(start, len(ids), self.prefill_chunk):
-                b = min(len(ids), a + self.prefill_chunk)
-                hidden = reader.prefill(cache, 0, torch.as_tensor(ids[a:b], device=self.device), a)
-                normed = rms_norm(hidden, reader.norm, reader.eps).float()
-                for e in ends:
-                    if a <= e < b:
-                        known[int(e)] = normed[int(e) - a].clone()
+            plans.append((slot, job, ids, ends, start, known))
+        hidden = reader.prefill_many(
+            cache,
+            [
+                (slot, torch.as_tensor(ids[start:], device=self.device), start)
+                for slot, _, ids, _, start, _ in plans
+            ],
+        )
+        normed = rms_norm(hidden, reader.norm, reader.eps).float()
+        offset = 0
+        for slot, job, ids, ends, start, known in plans:
+            for e in ends:
+                if e >= start:
+                    known[e] = normed[offset + e - start].clone()
+            offset += len(ids) - start
             job.computed = len(ids) - start
             self.stats["prm_tokens"] = self.stats.get("prm_tokens", 0) + job.computed
             if self.prm_cache_tokens:
-                store.add(ids, cache.export(0, len(ids)), known)
-            job.finish(torch.stack([known[int(e)] for e in ends]))
-        except Exception as e:  # a bad read fails its caller, not the engine
-            job.fail(
-                e if isinstance(e, (BackendError, ConfigError)) else BackendError(f"PRM read failed: {e!r}")
-            )
+                store.add(ids, cache.export(slot, len(ids)), known)
+            job.finish(torch.stack([known[e] for e in ends]))
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self._slots if s.stream.cancelled]:

@@ -372,4 +372,14 @@ def test_prm_scores_through_the_engine_match_and_are_incremental(tmp_path, make_
     assert abs(served.score(q, longer)[0][2] - direct.score(q, longer)[0][2]) < 1e-4
     step_tokens = len(served._step_ids(["Done."])[0])
     assert served.usage.tokens - before == step_tokens  # only the new step was read
+    # siblings of one wave: the long shared question is read once, then copied
+    long_q = "A farmer has 17 sheep and buys 5 more at the market on Monday; how many sheep are there now?"
+    sibs = [["17 + 5 = 22.", "Answer: 22"], ["17 + 5 = 21.", "Answer: 21"], ["17 - 5 = 12.", "Answer: 12"]]
+    before = served.usage.tokens
+    got = served.score(long_q, sibs)
+    q_len = len(served.segments(long_q, [])[0])
+    full = sum(len(x) for cand in sibs for x in served.segments(long_q, cand))
+    assert served.usage.tokens - before <= full - 2 * (q_len - 1)
+    want = direct.score(long_q, sibs)
+    assert max(abs(a - b) for w, g in zip(want, got, strict=True) for a, b in zip(w, g, strict=True)) < 1e-4
     policy.close()
