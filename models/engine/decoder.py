@@ -266,6 +266,7 @@ class Decoder:
             fused
             and self.device.type == "cpu"
             and dtype in (torch.bfloat16, torch.float32)
+            and self.head_dim <= 256  # the kernels' per-head accumulators are fixed-size arrays
             and load() is not None
         )
         # bfloat16 on the CPU: the norms and the whole attention block in C (see _decode_fast)

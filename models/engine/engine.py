@@ -32,10 +32,12 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -133,6 +135,16 @@ class Stream:
 
 
 _FAILED = Delta(text="")
+
+# Engines still running at interpreter exit are closed first: a scheduler thread killed in the
+# middle of torch's native code at finalisation aborts the process ("terminate called ...").
+_LIVE: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for engine in list(_LIVE):
+        engine.close()
 
 
 def _outcome(
@@ -286,6 +298,7 @@ class Engine:
         self.timings = {"prefill": 0.0, "forward": 0.0, "sample": 0.0, "stream": 0.0, "slots": 0.0}
         self._thread = threading.Thread(target=self._loop, name="ponder-engine", daemon=True)
         self._thread.start()
+        _LIVE.add(self)
 
     # -- client side ----------------------------------------------------------------------
     def submit(

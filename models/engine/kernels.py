@@ -92,19 +92,18 @@ static void NAME##_task(void* p, int start, int end) {                          
         const T* kh = k + head * c->cap * D;                                                    \
         const T* vh = v + head * c->cap * D;                                                    \
         float* qf = (float*)malloc(sizeof(float) * G * D);                                      \
-        float* acc = (float*)calloc((size_t)G * D, sizeof(float));                              \
         float* s = (float*)malloc(sizeof(float) * (size_t)G * n);                               \
-        float* row = (float*)malloc(sizeof(float) * D);                                         \
         for (int g = 0; g < G; g++)                                                             \
             for (int d = 0; d < D; d++) qf[g * D + d] = IN(q[(head * G + g) * D + d]) * c->scale; \
-        for (int t = 0; t < n; t++) {                                                           \
-            const T* kt = kh + (size_t)t * D;                                                   \
-            for (int d = 0; d < D; d++) row[d] = IN(kt[d]);                                     \
-            for (int g = 0; g < G; g++) {                                                       \
-                const float* qg = qf + g * D;                                                   \
+        for (int g = 0; g < G; g++) {  /* the query head stays in registers */                  \
+            float qg[DIM ? DIM : 256];                                                          \
+            for (int d = 0; d < D; d++) qg[d] = qf[g * D + d];                                  \
+            float* sg = s + (size_t)g * n;                                                      \
+            for (int t = 0; t < n; t++) {                                                       \
+                const T* kt = kh + (size_t)t * D;                                               \
                 float dot = 0.f;                                                                \
-                for (int d = 0; d < D; d++) dot += qg[d] * row[d];                              \
-                s[(size_t)g * n + t] = dot;                                                     \
+                for (int d = 0; d < D; d++) dot += qg[d] * IN(kt[d]);                           \
+                sg[t] = dot;                                                                    \
             }                                                                                   \
         }                                                                                       \
         for (int g = 0; g < G; g++) {                                                           \
@@ -116,18 +115,19 @@ static void NAME##_task(void* p, int start, int end) {                          
             const float inv = 1.f / sum;                                                        \
             for (int t = 0; t < n; t++) sg[t] *= inv;                                           \
         }                                                                                       \
-        for (int t = 0; t < n; t++) {                                                           \
-            const T* vt = vh + (size_t)t * D;                                                   \
-            for (int d = 0; d < D; d++) row[d] = IN(vt[d]);                                     \
-            for (int g = 0; g < G; g++) {                                                       \
-                const float pr = s[(size_t)g * n + t];                                          \
-                float* ag = acc + g * D;                                                        \
-                for (int d = 0; d < D; d++) ag[d] += pr * row[d];                               \
+        /* one query head at a time: its accumulator stays in registers (V is re-read from cache) */ \
+        for (int g = 0; g < G; g++) {                                                           \
+            float a[DIM ? DIM : 256];                                                           \
+            for (int d = 0; d < D; d++) a[d] = 0.f;                                             \
+            const float* sg = s + (size_t)g * n;                                                \
+            for (int t = 0; t < n; t++) {                                                       \
+                const T* vt = vh + (size_t)t * D;                                               \
+                const float pr = sg[t];                                                         \
+                for (int d = 0; d < D; d++) a[d] += pr * IN(vt[d]);                             \
             }                                                                                   \
+            for (int d = 0; d < D; d++) out[(head * G + g) * D + d] = OUT(a[d]);                \
         }                                                                                       \
-        for (int g = 0; g < G; g++)                                                             \
-            for (int d = 0; d < D; d++) out[(head * G + g) * D + d] = OUT(acc[g * D + d]);      \
-        free(qf); free(acc); free(s); free(row);                                                \
+        free(qf); free(s);                                                                      \
     }                                                                                           \
 }                                                                                               \
 void NAME(const T* q, const T* k, const T* v, const int64_t* pos, T* out,                       \
@@ -409,7 +409,12 @@ def decode_attention(
     """Attention of ``q`` ``[B, KV, G, D]`` over slots ``0..B-1`` of ``k``/``v`` ``[S, KV, cap, D]``,
     row b seeing positions ``0..positions[b]``; None when the kernel cannot run this input."""
     lib = load()
-    if lib is None or q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float32):
+    if (
+        lib is None
+        or q.device.type != "cpu"
+        or q.dtype not in (torch.bfloat16, torch.float32)
+        or q.shape[-1] > 256
+    ):
         return None
     b, kv, g, d = q.shape
     size = f"_{d}" if d in (64, 128) else ""

@@ -383,3 +383,27 @@ def test_prm_scores_through_the_engine_match_and_are_incremental(tmp_path, make_
     want = direct.score(long_q, sibs)
     assert max(abs(a - b) for w, g in zip(want, got, strict=True) for a, b in zip(w, g, strict=True)) < 1e-4
     policy.close()
+
+
+def test_a_process_that_never_closes_its_policy_exits_cleanly(tmp_path, make_tiny_llama):
+    """Interpreter exit with the scheduler thread alive must not abort the process (it did about
+    every other run before engines were closed at exit: "terminate called without an active exception")."""
+    import subprocess
+    import sys
+
+    root = make_tiny_llama(tmp_path / "m")
+    code = (
+        "import threading\n"
+        "from ponder.models.local import LocalPolicy\n"
+        "from ponder.models import Prompt, SamplingParams\n"
+        f"p = LocalPolicy({str(root)!r}, device='cpu')\n"
+        "def agent(i):\n"
+        "    [s] = p.stream(Prompt.user(f'agent {i}'), SamplingParams(max_tokens=8, temperature=0.7, seed=i))\n"
+        "    list(s)\n"
+        "threads = [threading.Thread(target=agent, args=(i,)) for i in range(8)]\n"
+        "[t.start() for t in threads]\n"
+        "[t.join() for t in threads]\n"
+    )
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-500:]
