@@ -407,3 +407,23 @@ def test_a_process_that_never_closes_its_policy_exits_cleanly(tmp_path, make_tin
     for _ in range(3):
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-500:]
+
+
+def test_asyncio_tasks_share_the_batch_and_get_their_own_answers(tmp_path, make_tiny_llama):
+    import asyncio
+
+    from ponder.models.local import LocalPolicy
+
+    policy = LocalPolicy(make_tiny_llama(tmp_path / "m"), device="cpu", engine_dtype="float32")
+    prompts = [Prompt.user(f"question {i}") for i in range(12)]
+    params = SamplingParams(max_tokens=20)
+    alone = [policy.generate([p], params)[0][0].text for p in prompts]
+
+    async def main():
+        return await asyncio.gather(*(policy.agenerate([p], params) for p in prompts))
+
+    policy.engine.stats["peak_batch"] = 0
+    together = [rows[0][0].text for rows in asyncio.run(main())]
+    assert together == alone
+    assert policy.engine.stats["peak_batch"] > 1  # the tasks ran in one batch
+    policy.close()
