@@ -31,19 +31,17 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import operator
 import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
-from typing_extensions import TypedDict
 
 from ponder.agents.reflexion import trial_seed
-from ponder.agents.state import AgentContext, grade, start_single_step
+from ponder.agents.state import AgentContext, MultiAgentState, grade, start_single_step
 from ponder.errors import ConfigError
 from ponder.memory.retrieval import quote
 from ponder.models.types import Message, Policy, Prompt, SamplingParams
@@ -53,21 +51,10 @@ __all__ = ["DebatePrompts", "DebateState", "build_debate", "majority_answer", "p
 Aggregator = Literal["majority", "judge"]
 
 
-class DebateState(TypedDict, total=False):
-    """What the debate graph carries: every message, the chosen answer, the verdict."""
+class DebateState(MultiAgentState, total=False):
+    """What the debate graph carries: every message, the chosen answer, the verdict, the round."""
 
-    task_id: str
-    observation: str
-    task_text: str
-    examples: list[list[str]]
     round: int
-    messages: Annotated[list[dict[str, Any]], operator.add]
-    answer: str | None
-    final: str
-    success: bool
-    trials: Annotated[list[dict[str, Any]], operator.add]
-    prompt_tokens: Annotated[int, operator.add]
-    completion_tokens: Annotated[int, operator.add]
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from ponder.errors import ConfigError
 __all__ = [
     "AgentContext",
     "EpisodeState",
+    "MultiAgentState",
     "TrialRecord",
     "agent_provenance",
     "grade",
@@ -69,6 +70,22 @@ class EpisodeState(TypedDict, total=False):
     success: bool
     #: one summary per search an actor ran (algorithm, answer, score, budget, tree file)
     searches: Annotated[list[dict[str, Any]], operator.add]
+    prompt_tokens: Annotated[int, operator.add]
+    completion_tokens: Annotated[int, operator.add]
+
+
+class MultiAgentState(TypedDict, total=False):
+    """What the debate and team graphs share: every agent's message, the answer, the verdict."""
+
+    task_id: str
+    observation: str
+    task_text: str
+    examples: list[list[str]]
+    messages: Annotated[list[dict[str, Any]], operator.add]
+    answer: str | None
+    final: str
+    success: bool
+    trials: Annotated[list[dict[str, Any]], operator.add]
     prompt_tokens: Annotated[int, operator.add]
     completion_tokens: Annotated[int, operator.add]
 

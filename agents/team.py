@@ -31,7 +31,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import operator
 import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
@@ -39,11 +38,10 @@ from typing import Annotated, Any, Literal
 import networkx as nx
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
-from typing_extensions import TypedDict
 
 from ponder.agents.debate import _generate, majority_answer
 from ponder.agents.reflexion import trial_seed
-from ponder.agents.state import AgentContext, grade, remember_reflection, start_single_step
+from ponder.agents.state import AgentContext, MultiAgentState, grade, remember_reflection, start_single_step
 from ponder.agents.topology import ROLES, check_topology, outputs, schedule
 from ponder.errors import ConfigError
 from ponder.memory.retrieval import quote
@@ -61,23 +59,12 @@ def _merge(a: dict[str, list[str]] | None, b: dict[str, list[str]] | None) -> di
     return out
 
 
-class TeamState(TypedDict, total=False):
+class TeamState(MultiAgentState, total=False):
     """Messages of every step and trial, the advice each agent got, the team's answer and verdict."""
 
-    task_id: str
-    observation: str
-    task_text: str
-    examples: list[list[str]]
     step: int
     trial: int
-    messages: Annotated[list[dict[str, Any]], operator.add]
     advice: Annotated[dict[str, list[str]], _merge]
-    answer: str | None
-    final: str
-    success: bool
-    trials: Annotated[list[dict[str, Any]], operator.add]
-    prompt_tokens: Annotated[int, operator.add]
-    completion_tokens: Annotated[int, operator.add]
 
 
 def parse_advice(text: str, names: Sequence[str]) -> dict[str, str]:
