@@ -158,19 +158,15 @@ def _outcome(
     return getattr(owner, value)
 
 
-class _FeatureJob:
-    """A queued PRM read (see ``Engine.features``)."""
+class _Job:
+    """Work queued for the scheduler thread, with a result to wait for."""
 
-    def __init__(self, segments: list[list[int]], layers: int):
-        self.segments = segments
-        self.ids = [t for s in segments for t in s]
-        self.layers = layers
-        self.computed = 0
-        self._value: torch.Tensor | None = None
+    def __init__(self) -> None:
+        self._value: Any = None
         self._error: BaseException | None = None
         self._done = threading.Event()
 
-    def finish(self, value: torch.Tensor) -> None:
+    def finish(self, value: Any) -> None:
         self._value = value
         self._done.set()
 
@@ -182,11 +178,23 @@ class _FeatureJob:
         return _outcome(self._done, timeout, "an engine job", self, "_error", "_value")
 
 
-class _CallJob(_FeatureJob):
+class _FeatureJob(_Job):
+    """A queued PRM read (see ``Engine.features``)."""
+
+    def __init__(self, segments: list[list[int]], layers: int):
+        super().__init__()
+        self.segments = segments
+        self.ids = [t for s in segments for t in s]
+        self.layers = layers
+        self.computed = 0
+        self.found: tuple[Any, int] = (None, 0)  # the longest stored prefix, when its wave forms
+
+
+class _CallJob(_Job):
     """A callable run on the scheduler thread (see ``Engine.call``)."""
 
     def __init__(self, fn: Any, args: tuple[Any, ...]):
-        super().__init__([], 0)
+        super().__init__()
         self.fn, self.args = fn, args
 
     def run(self) -> None:
@@ -216,7 +224,6 @@ class _Seq:
         self.logprobs: list[float] = []
         self.pending: list[TokenInfo] = []
         self.finish: str | None = None
-        self.reused = 0
         self.top_k = 0
         self.matched = False
 
@@ -283,7 +290,7 @@ class Engine:
         self._cond = threading.Condition()
         self._room = threading.Condition(self._cond)
         self._closed = False
-        self._jobs: deque[_FeatureJob] = deque()  # PRM reads and calls, served between decode steps
+        self._jobs: deque[_Job] = deque()  # PRM reads and calls, served between decode steps
         self._readers: dict[int, tuple[Decoder, SlotCache, PrefixStore]] = {}
         self.prm_cache_tokens = prefix_cache_tokens
         self.stats: dict[str, Any] = {
@@ -438,6 +445,7 @@ class Engine:
             "running": len(self._slots),
             "waiting": self._n_waiting,
             "kv_cache_bytes": self.cache.nbytes(),
+            "kv_cache_resizes": self.cache.resizes,
             "prefix_store_bytes": self.prefix.nbytes(),  # a snapshot: the engine thread may be adding
             "prefix_store_tokens": self.prefix.tokens,
             "weight_bytes": self.decoder.nbytes(),
@@ -557,15 +565,15 @@ class Engine:
             return live, from_live
         return (entry, from_store) if from_store > 0 else (None, 0)
 
-    def _match(self, seq: _Seq) -> None:
-        """Copy the longest already-computed prefix of the prompt into the sequence's slot."""
+    def _match(self, seq: _Seq, found: tuple[Any, int]) -> None:
+        """Copy the prefix ``found`` by ``_source`` into the sequence's slot."""
         seq.matched = True
-        source, n = self._source(seq)
+        source, n = found
         if isinstance(source, _Seq):
             self.cache.move(source.slot, seq.slot, n)
         elif source is not None:
             self.cache.load(seq.slot, source.kv, n)
-        seq.pos = seq.reused = n
+        seq.pos = n
         self.stats["reused"] += n
 
     def _prefill(self) -> None:
@@ -577,11 +585,11 @@ class Engine:
         batch: list[tuple[_Seq, int]] = []
         for seq in self._slots[self._decoding :]:
             if not seq.matched:
-                _, now = self._source(seq)
+                found = self._source(seq)
                 later = max((common_prefix(o.prompt, seq.prompt) for o, _ in batch), default=0)
-                if later - now >= 16:
+                if later - found[1] >= 16:
                     break
-                self._match(seq)
+                self._match(seq, found)
             todo = len(seq.prompt) - 1 - seq.pos
             if todo > 0:
                 if budget <= 0:
@@ -716,9 +724,11 @@ class Engine:
                     later.append(job)
                     continue
                 store = self._readers[layers][2] if layers in self._readers else None
-                now = store.best(np.asarray(job.ids))[1] if store is not None and self.reuse_prefix else 0
+                job.found = (
+                    store.best(np.asarray(job.ids)) if store is not None and self.reuse_prefix else (None, 0)
+                )
                 shared = max((common_prefix(w.ids, job.ids) for w in wave), default=0)
-                (later if shared - now >= 16 else wave).append(job)
+                (later if shared - job.found[1] >= 16 else wave).append(job)
             try:
                 self._read_wave(wave)
             except Exception as e:  # a bad read fails its callers, not the engine
@@ -738,7 +748,7 @@ class Engine:
         for slot, job in enumerate(wave):
             ids = np.asarray(job.ids, dtype=np.int64)
             ends = [int(e) for e in np.cumsum([len(s) for s in job.segments]) - 1]
-            entry, start = store.best(ids) if self.reuse_prefix else (None, 0)
+            entry, start = job.found  # looked up when the wave was formed
             known: dict[int, torch.Tensor] = {}
             if entry is not None:
                 for e in ends:  # reuse up to the first segment end whose feature the entry lacks

@@ -55,8 +55,6 @@ class PrefixStore:
         self.entries: OrderedDict[int, Entry] = OrderedDict()
         self.tokens = 0
         self._next = 0
-        self.hits = 0
-        self.reused_tokens = 0
 
     def best(self, ids: np.ndarray) -> tuple[Entry | None, int]:
         """The entry sharing the longest prefix with ``ids`` and that length (marks it used)."""
