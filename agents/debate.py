@@ -252,7 +252,9 @@ def build_debate(
     g.add_conditional_edges("round", more, {"round": "round", "aggregate": "aggregate"})
     g.add_edge("aggregate", "evaluate")
     g.add_edge("evaluate", END)
-    return g.compile(checkpointer=checkpointer, name=name).with_config(recursion_limit=rounds + 10)
+    graph = g.compile(checkpointer=checkpointer, name=name).with_config(recursion_limit=rounds + 10)
+    graph.max_trials = 1  # whatever max_trials says: the runner checks a finished episode against it
+    return graph
 
 
 def _latest(messages: Sequence[dict[str, Any]], n_agents: int) -> list[dict[str, Any]]:

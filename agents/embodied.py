@@ -49,7 +49,7 @@ from typing_extensions import TypedDict
 
 from ponder.agents.embodied_prompts import EmbodiedPrompts, format_steps, parse_plan, parse_react
 from ponder.agents.grounding import Grounder
-from ponder.agents.memory_nodes import parse_memory_modes
+from ponder.agents.memory_nodes import parse_memory_modes, remember_insights
 from ponder.agents.prompts import parse_reflection
 from ponder.agents.reflexion import trial_seed
 from ponder.agents.state import AgentContext, agent_provenance, remember_reflection
@@ -91,6 +91,8 @@ class EmbodiedState(TypedDict, total=False):
     shown_insights: list[str]
     memory_notes: list[str]
     insight_ops: Annotated[list[str], operator.add]
+    #: a CLIN update asked for but not yet written to memory (``memory.insights.pending_update``)
+    pending_insights: dict[str, Any] | None
     trials: Annotated[list[dict[str, Any]], operator.add]
     reflections: Annotated[list[str], operator.add]
     prompt_tokens: Annotated[int, operator.add]
@@ -115,7 +117,7 @@ def contradicts(step: dict[str, Any], min_similarity: float = 0.5) -> bool:
 
 def recursion_limit(max_trials: int, max_steps: int, max_revisions: int = 0) -> int:
     """LangGraph supersteps an episode may need: one per action, plus a few per trial."""
-    return 10 + max_trials * (max_steps + max_revisions + 6)
+    return 10 + max_trials * (max_steps + max_revisions + 7)
 
 
 def build_embodied_agent(
@@ -284,6 +286,9 @@ def build_embodied_agent(
             out |= _learn_causal(memory, policy, prompts, state, record, runtime.context, learn_params, name)
         return out
 
+    def remember(state: EmbodiedState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+        return remember_insights(memory, state, runtime.context)
+
     def reflect_node(state: EmbodiedState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         last = state["trials"][-1]
         prompt = prompts.reflect(state["task_text"], last["steps"], f"failed, score {last['score']:.0f}/100")
@@ -332,7 +337,13 @@ def build_embodied_agent(
         g.add_node("reflect", reflect_node)
         g.add_conditional_edges("reflect", after_reflect, {"end": END, "start_trial": "start_trial"})
         targets["reflect"] = "reflect"
-    g.add_conditional_edges("end_trial", after_trial, targets)
+    if "concept" in modes:
+        # memory is written in a node of its own, after the model's lessons are checkpointed
+        g.add_node("remember", remember)
+        g.add_edge("end_trial", "remember")
+        g.add_conditional_edges("remember", after_trial, targets)
+    else:
+        g.add_conditional_edges("end_trial", after_trial, targets)
     graph = g.compile(checkpointer=checkpointer, name=name)
     return graph.with_config(
         recursion_limit=recursion_limit(max_trials, max_steps, max_revisions if plan else 0)
@@ -408,10 +419,10 @@ def _learn_causal(
     params: SamplingParams,
     agent: str,
 ) -> dict[str, Any]:
-    """CLIN: causal abstractions from one trial, applied to the insight book (votes on the shown ones)."""
-    from ponder.memory.insights import InsightBook, causal_prompt, parse_operations
+    """CLIN: causal abstractions from one trial, as an update of the insight book (votes on the shown
+    ones) that the ``remember`` node applies."""
+    from ponder.memory.insights import causal_prompt, parse_operations, pending_update
 
-    book = InsightBook(memory)
     ids = state.get("shown_insights", [])
     shown = [i for i in memory.get_many(ids) if getattr(i, "status", "") == "active"] if ids else []
     outcome = "success" if trial["success"] else f"failure (score {trial['score']:.0f}/100)"
@@ -420,12 +431,12 @@ def _learn_causal(
     seed = trial_seed(ctx.seed + 3, state["task_id"], trial["trial"])
     c = policy.generate([prompt], dataclasses.replace(params, n=1, seed=seed))[0][0]
     ops = parse_operations(c.text, n_shown=len(shown), form="causal")
-    report = book.apply(
+    pending = pending_update(
         ops,
-        shown=shown,
+        shown,
+        update_id=f"{ctx.run_id}/{ctx.episode_id}/t{trial['trial']}/lessons",
         provenance=agent_provenance(ctx, state["task_id"], agent, policy),
         episode_ids=[ctx.episode_id],
         form="causal",
     )
-    log.info("causal lessons for %s trial %d: %s", ctx.episode_id, trial["trial"], report)
-    return {"insight_ops": [str(o) for o in ops], **_tokens(c)}
+    return {"insight_ops": [str(o) for o in ops], "pending_insights": pending, **_tokens(c)}

@@ -36,7 +36,7 @@ from ponder.errors import ConfigError
 from ponder.models.fake import count_tokens
 from ponder.models.types import Policy, SamplingParams
 
-__all__ = ["MEMORY_MODES", "MemoryModes", "parse_memory_modes"]
+__all__ = ["MEMORY_MODES", "MemoryModes", "parse_memory_modes", "remember_insights"]
 
 log = logging.getLogger(__name__)
 
@@ -209,43 +209,44 @@ class MemoryModes:
             update["prompt_tokens"] += c.prompt_tokens
             update["completion_tokens"] += c.completion_tokens
         if "concept" in self.modes and trials:
-            p_tok, c_tok, ops = self._extract_insights(state, ctx, seed)
+            p_tok, c_tok, ops, pending = self._extract_insights(state, ctx, seed)
             update["prompt_tokens"] += p_tok
             update["completion_tokens"] += c_tok
             update["insight_ops"] = ops
+            update["pending_insights"] = pending
         return update
 
     def _extract_insights(
         self, state: EpisodeState, ctx: AgentContext, seed: int
-    ) -> tuple[int, int, list[str]]:
-        from ponder.memory.insights import comparison_prompt, parse_operations
+    ) -> tuple[int, int, list[str], dict[str, Any] | None]:
+        """Ask for insight operations; memory is written later, by ``remember`` (a node of its own)."""
+        from ponder.memory.insights import comparison_prompt, parse_operations, pending_update
 
         success = bool(state.get("success"))
         want = "failure" if success else "success"
         hits = self.store.search(_query(state), kind="experience", k=3, where={"outcome": want})
         hits = [h for h in hits if self._others([h.record], ctx)]
         if not hits:
-            return 0, 0, []
+            return 0, 0, [], None
         other = hits[0].record
         mine = _episode_as_experience(state, ctx, self.agent)
         successes, failures = ([mine], [other]) if success else ([other], [mine])
-        book = self._book()
-        shown = book.active(self.k_insights)
+        shown = self._book().active(self.k_insights)
         prompt = comparison_prompt(successes, failures, shown)
         c = self.policy.generate([prompt], dataclasses.replace(self.learn_params, n=1, seed=seed + 7))[0][0]
         ops = parse_operations(c.text)
-        report = book.apply(
+        pending = pending_update(
             ops,
-            shown=shown,
+            shown,
+            update_id=f"{ctx.run_id}/{ctx.episode_id}/insights",
             provenance=self._prov(state, ctx),
             episode_ids=[ctx.episode_id, other.provenance.episode_id],
         )
-        log.info("insight operations for %s: %s", ctx.episode_id, report)
-        return (
-            c.prompt_tokens,
-            c.completion_tokens,
-            [str(o) for o in ops],
-        )
+        return c.prompt_tokens, c.completion_tokens, [str(o) for o in ops], pending
+
+    def remember(self, state: dict[str, Any], ctx: AgentContext) -> dict[str, Any]:
+        """Apply the insight update ``learn`` left in the state (once, even when this node re-runs)."""
+        return remember_insights(self.store, state, ctx)
 
     def _book(self) -> Any:
         from ponder.memory.insights import InsightBook
@@ -254,6 +255,22 @@ class MemoryModes:
 
     def _prov(self, state: EpisodeState, ctx: AgentContext) -> Any:
         return agent_provenance(ctx, state["task_id"], self.agent, self.policy)
+
+
+def remember_insights(store: Any, state: Any, ctx: AgentContext) -> dict[str, Any]:
+    """A node's body: apply ``state["pending_insights"]`` (a ``pending_update``) and clear it.
+
+    Asking the model and writing memory are two nodes, so each is safe to re-run after a kill:
+    the update is checkpointed before it is applied, and applying it twice changes nothing.
+    """
+    from ponder.memory.insights import InsightBook, apply_pending
+
+    pending = state.get("pending_insights")
+    if not pending:
+        return {}
+    report = apply_pending(InsightBook(store), pending)
+    log.info("insight operations for %s: %s", ctx.episode_id, report)
+    return {"pending_insights": None}
 
 
 def _query(state: EpisodeState) -> str:

@@ -152,6 +152,9 @@ def _build(
         seed = trial_seed(runtime.context.seed + 2, state["task_id"], len(state.get("trials", [])))
         return mem.learn(state, runtime.context, seed) if mem is not None else {}
 
+    def remember(state: EpisodeState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+        return mem.remember(state, runtime.context) if mem is not None else {}
+
     learns = mem is not None and bool({"reflective", "concept"} & set(mem.modes)) and reflect
 
     def route(state: EpisodeState) -> str:
@@ -172,7 +175,10 @@ def _build(
         targets["reflect"] = "reflect"
     if learns:
         g.add_node("learn", learn)
-        g.add_edge("learn", END)
+        # memory is written in a node of its own, after the model's reply is checkpointed
+        g.add_node("remember", remember)
+        g.add_edge("learn", "remember")
+        g.add_edge("remember", END)
         targets["learn"] = "learn"
     g.add_conditional_edges("evaluate", route, targets)
     return g.compile(checkpointer=checkpointer, name=name)

@@ -67,7 +67,8 @@ class SearchActor:
         step_params: sampling per step (``max_tokens`` is per step).
         max_steps: steps per solution at most.
         separator: between steps.
-        draw_trees: episodes (the first ones) whose trees are also drawn to PNG.
+        draw_trees: the env's first tasks whose first search tree is also drawn to PNG (chosen by
+            task, not by which episode ends first, so a resumed run draws the same ones).
     """
 
     policy: Policy
@@ -82,7 +83,6 @@ class SearchActor:
     max_steps: int = 8
     separator: str = "\n\n"
     draw_trees: int = 3
-    _drawn: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
         check_search_settings(self.algorithm, has_prm=self.prm is not None, n=self.n, budget=self.budget)
@@ -129,12 +129,14 @@ class SearchActor:
             "nodes": len(result.tree),
         }
         if ctx.artifacts is not None:
-            stem = f"{_safe(ctx.episode_id or task_id)}-t{trial}"
-            summary["tree"] = str(result.tree.save(Path(ctx.artifacts) / "trees" / f"{stem}.json"))
-            if self._drawn < self.draw_trees:
-                self._drawn += 1
+            # paths relative to the artifacts dir (the run dir), so a moved run still finds them
+            root, stem = Path(ctx.artifacts), f"{_safe(ctx.episode_id or task_id)}-t{trial}"
+            result.tree.save(root / "trees" / f"{stem}.json")
+            summary["tree"] = f"trees/{stem}.json"
+            if trial == 0 and task_id in env.task_ids()[: self.draw_trees]:
                 try:
-                    summary["tree_png"] = str(result.tree.draw(Path(ctx.artifacts) / "trees" / f"{stem}.png"))
+                    result.tree.draw(root / "trees" / f"{stem}.png")
+                    summary["tree_png"] = f"trees/{stem}.png"
                 except Exception as e:  # a drawing problem must not lose the episode
                     log.warning("could not draw the search tree of %s: %s", stem, e)
         return result.text, summary

@@ -62,6 +62,8 @@ class EpisodeState(TypedDict, total=False):
     shown_insights: list[str]
     #: the insight operations the episode's learning step applied
     insight_ops: list[str]
+    #: an insight update asked for but not yet written to memory (``memory.insights.pending_update``)
+    pending_insights: dict[str, Any] | None
     #: the current attempt, before it is evaluated
     attempt: str
     attempt_tokens: tuple[int, int]

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,10 +38,12 @@ __all__ = [
     "InsightBook",
     "Operation",
     "ParsedOperations",
+    "apply_pending",
     "causal_prompt",
     "comparison_prompt",
     "number_insights",
     "parse_operations",
+    "pending_update",
 ]
 
 OpName = Literal["ADD", "EDIT", "UPVOTE", "DOWNVOTE"]
@@ -392,6 +395,7 @@ class InsightBook:
         provenance: Provenance | None = None,
         episode_ids: Sequence[str] = (),
         form: InsightForm = "rule",
+        update_id: str | None = None,
     ) -> ApplyReport:
         """Apply parsed operations; targets index (1-based) into ``shown``, the list the model saw.
 
@@ -399,6 +403,10 @@ class InsightBook:
         old text kept in history); UPVOTE +1 and ``episode_ids`` to ``supports``; DOWNVOTE +1 down
         and ``episode_ids`` to ``contradicts``, retiring at net <= 0. Each insight counts at most one
         up and one down operation per call. ``provenance`` gives run and episode ids for history.
+
+        ``update_id`` (e.g. ``"run/episode/learn"``) makes the call idempotent: operation ``i`` is
+        recorded in history as ``update_id#i`` and skipped when it is there already, and an ADD's
+        id is derived from it. A graph node that re-runs after a kill then changes memory once.
 
         Example:
             >>> import tempfile
@@ -409,9 +417,15 @@ class InsightBook:
         """
         prov = provenance or Provenance()
         report, counted = ApplyReport(), set()
-        for op in ops:
+        done = self._applied(update_id) if update_id else set()
+        for i, op in enumerate(ops):
+            key = f"{update_id}#{i}" if update_id else None
+            tag = {"update": key} if key else {}
+            if key in done:
+                report.skipped.append((op, "already applied by this update"))
+                continue
             if op.op == "ADD":
-                self._add(op, prov, list(episode_ids), form, report, counted)
+                self._add(op, prov, list(episode_ids), form, report, counted, tag)
                 continue
             ins = self._resolve(op, shown, report)
             if ins is None:
@@ -430,7 +444,7 @@ class InsightBook:
             if op.op == "DOWNVOTE":
                 ins.downvotes += 1
                 ins.contradicts = list(dict.fromkeys([*ins.contradicts, *episode_ids]))
-                ins.history.append(self._event("DOWNVOTE", prov, ins.text, ins))
+                ins.history.append(self._event("DOWNVOTE", prov, ins.text, ins, **tag))
                 report.downvoted.append(ins.id)
                 if ins.net <= 0 and (not is_trusted(ins) or _trusted_update(prov)):
                     self._retire(ins, prov, f"net votes fell to {ins.net}", report)
@@ -439,16 +453,26 @@ class InsightBook:
                 ins.supports = list(dict.fromkeys([*ins.supports, *episode_ids]))
                 if op.op == "EDIT":
                     old, ins.text = ins.text, op.text
-                    ins.history.append(self._event("EDIT", prov, ins.text, ins, old_text=old))
+                    ins.history.append(self._event("EDIT", prov, ins.text, ins, old_text=old, **tag))
                     report.edited.append(ins.id)
                 else:
-                    ins.history.append(self._event("UPVOTE", prov, ins.text, ins))
+                    ins.history.append(self._event("UPVOTE", prov, ins.text, ins, **tag))
                     report.upvoted.append(ins.id)
             self.store.add(ins)
         self._enforce_max(prov, report)
         return report
 
     # ------------------------------------------------------------------------------------ helpers
+    def _applied(self, update_id: str) -> set[str]:
+        """The operation keys of ``update_id`` already in some insight's history."""
+        prefix = update_id + "#"
+        return {
+            str(ev["update"])
+            for ins in self.store.list(kind="insight", where=self.where or None)
+            for ev in getattr(ins, "history", [])
+            if str(ev.get("update", "")).startswith(prefix)
+        }
+
     @staticmethod
     def _event(op: str, prov: Provenance, text: str, ins: Insight, **extra: Any) -> dict[str, Any]:
         ev = {"op": op, "at": utc_now(), "run_id": prov.run_id, "episode_id": prov.episode_id, "text": text}
@@ -489,6 +513,7 @@ class InsightBook:
         form: InsightForm,
         report: ApplyReport,
         counted: set,
+        tag: dict[str, str],
     ) -> None:
         text = op.text.strip()
         if not text:
@@ -503,7 +528,9 @@ class InsightBook:
             counted.add(("up", ins.id))
             ins.upvotes += 1
             ins.supports = list(dict.fromkeys([*ins.supports, *ids]))
-            ins.history.append(self._event("MERGE", prov, text, ins, similarity=round(hits[0].similarity, 4)))
+            ins.history.append(
+                self._event("MERGE", prov, text, ins, similarity=round(hits[0].similarity, 4), **tag)
+            )
             report.merged.append(ins.id)
         else:
             ins = Insight(
@@ -511,8 +538,11 @@ class InsightBook:
                 form=form,
                 supports=list(ids),
                 provenance=self._scoped(prov),
+                **(
+                    {"id": hashlib.blake2b(tag["update"].encode(), digest_size=12).hexdigest()} if tag else {}
+                ),
             )
-            ins.history.append(self._event("ADD", prov, text, ins))
+            ins.history.append(self._event("ADD", prov, text, ins, **tag))
             counted.add(("up", ins.id))
             report.added.append(ins.id)
         self.store.add(ins)
@@ -532,3 +562,53 @@ class InsightBook:
         for ins in evictable:
             self._retire(ins, prov, f"over max_active={self.max_active}", report)
             self.store.add(ins)
+
+
+# ---------------------------------------------------------------------------- updates in two steps
+def pending_update(
+    ops: Sequence[Operation],
+    shown: Sequence[Insight],
+    *,
+    update_id: str,
+    provenance: Provenance,
+    episode_ids: Sequence[str] = (),
+    form: InsightForm = "rule",
+) -> dict[str, Any]:
+    """An insight update as plain data, to checkpoint between asking the model and writing memory.
+
+    A graph node that asks the model returns this in its state; the next node applies it with
+    ``apply_pending``. A kill before the first node's checkpoint re-asks with memory unchanged; a
+    kill after it re-applies the very same operations, which ``update_id`` makes a no-op.
+
+    Example:
+        >>> import tempfile
+        >>> from ponder.memory import MemoryStore
+        >>> book = InsightBook(MemoryStore.open(tempfile.mkdtemp(), embedder="hashing"))
+        >>> todo = pending_update(parse_operations("ADD: Read the task twice."), [],
+        ...                       update_id="run/ep/learn", provenance=Provenance())
+        >>> len(apply_pending(book, todo).added), len(apply_pending(book, todo).added)
+        (1, 0)
+    """
+    return {
+        "ops": [dataclasses.asdict(o) for o in ops],
+        "shown": [[i.id, i.text] for i in shown],
+        "update_id": update_id,
+        "provenance": dataclasses.asdict(provenance),
+        "episode_ids": list(episode_ids),
+        "form": form,
+    }
+
+
+def apply_pending(book: InsightBook, pending: Mapping[str, Any]) -> ApplyReport:
+    """Apply a ``pending_update`` to ``book`` (idempotent by its ``update_id``)."""
+    ops = [Operation(**o) for o in pending["ops"]]
+    # the rules as the model saw them: targets index into this list, texts are matched against it
+    shown = [Insight(text or "-", id=rid) for rid, text in pending["shown"]]
+    return book.apply(
+        ops,
+        shown=shown,
+        provenance=Provenance(**pending["provenance"]),
+        episode_ids=pending["episode_ids"],
+        form=pending["form"],
+        update_id=pending["update_id"],
+    )

@@ -72,6 +72,10 @@ class RunConfig:
         rounds: debate rounds, the first (independent answers) included.
         aggregator: how a debate decides: ``majority`` or ``judge``.
         topology: the ``team`` agent's topology: chain, star, mesh, layered or random.
+        run_id: the id episodes and memory records carry (provenance, record ids). Set to the
+            run's name when the run is created and kept when its directory is moved or copied,
+            so a resumed node rewrites the records it wrote before instead of adding new ones.
+            Where a run reads and writes is always ``runs_dir/name``, never this id.
     """
 
     agent: str = "reflexion"
@@ -109,6 +113,7 @@ class RunConfig:
     rounds: int = 2
     aggregator: str = "majority"
     topology: str = "star"
+    run_id: str | None = None
 
     def __post_init__(self) -> None:
         for key, lo in (

@@ -25,9 +25,28 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EpisodeLog"]
+__all__ = ["EpisodeLog", "trials_problem"]
 
 log = logging.getLogger(__name__)
+
+
+def trials_problem(trials: list[Any], success: bool, max_trials: int) -> str | None:
+    """Why an episode's trials do not make a finished episode, or None: a finished episode has at
+    least one trial, and all ``max_trials`` of them unless one succeeded.
+
+    Example:
+        >>> trials_problem([], False, 2)
+        'ended with no trial recorded'
+        >>> trials_problem([{"trial": 0}], False, 2)
+        'ended after 1 of 2 trials without a success'
+        >>> trials_problem([{"trial": 0}], True, 2) is None
+        True
+    """
+    if not trials:
+        return "ended with no trial recorded"
+    if not success and len(trials) < max_trials:
+        return f"ended after {len(trials)} of {max_trials} trials without a success"
+    return None
 
 
 class EpisodeLog:

@@ -37,8 +37,8 @@ from ponder.agents import AGENTS, EMBODIED, USES_MEMORY, AgentContext
 from ponder.config import RunConfig
 from ponder.environments import make, spec
 from ponder.environments.base import TextEnv
-from ponder.episodes import EpisodeLog
-from ponder.errors import ConfigError, UnknownName
+from ponder.episodes import EpisodeLog, trials_problem
+from ponder.errors import ConfigError, PonderError, UnknownName
 from ponder.models.factory import make_policy
 from ponder.models.types import Policy, SamplingParams
 from ponder.report import write_report
@@ -109,6 +109,11 @@ DEFINING = (
 
 
 def _prepare_dir(cfg: RunConfig) -> RunConfig:
+    """Check or create ``cfg.run_dir``; a resumed run gets its saved settings back.
+
+    The directory is the run's identity: a moved or copied run resumes where it now is,
+    whatever name its saved config holds; its records keep the ``run_id`` they started with.
+    """
     saved = cfg.run_dir / "config.yaml"
     if saved.exists() and not cfg.resume:
         raise ConfigError(
@@ -126,8 +131,15 @@ def _prepare_dir(cfg: RunConfig) -> RunConfig:
                 f"cannot resume {cfg.run_dir} with other settings: {', '.join(changed)}; "
                 "drop those flags to resume it, or pass --name for a new run"
             )
-        # only how it runs may change: concurrency, progress, where runs live
-        return old.replace(resume=True, concurrency=cfg.concurrency, runs_dir=cfg.runs_dir)
+        # only how it runs may change: concurrency, progress, where it lives
+        return old.replace(
+            resume=True,
+            concurrency=cfg.concurrency,
+            runs_dir=cfg.runs_dir,
+            name=cfg.run_dir.name,
+            run_id=old.run_id or old.run_name,
+        )
+    cfg = cfg.replace(run_id=cfg.run_id or cfg.run_name)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     tmp = saved.with_suffix(".tmp")
     cfg.save(tmp)
@@ -265,11 +277,22 @@ def _episode_id(task_id: str, seed: int) -> str:
 
 
 def _run_episode(graph: Any, cfg: RunConfig, task_id: str, policy: Policy) -> dict[str, Any]:
+    """Run (or continue) one episode's thread to its end; the episode record, checked complete.
+
+    A thread is finished only when its latest checkpoint has no tasks left. A checkpoint whose
+    tasks all saved their writes but whose next checkpoint was never written (a kill between
+    the two) shows ``next == ()`` in LangGraph's live view, yet the graph has not reached its
+    end: it is continued, and LangGraph applies the saved writes instead of re-running them.
+    """
     episode_id = _episode_id(task_id, cfg.seed)
     env = make_env_for(cfg)
     try:
         ctx = AgentContext(
-            env=env, seed=cfg.seed, run_id=cfg.run_name, episode_id=episode_id, artifacts=cfg.run_dir
+            env=env,
+            seed=cfg.seed,
+            run_id=cfg.run_id or cfg.run_name,
+            episode_id=episode_id,
+            artifacts=cfg.run_dir,
         )
         # multi-step agents carry the supersteps they need in their default config
         limit = max(8 + 4 * cfg.trials, int((getattr(graph, "config", None) or {}).get("recursion_limit", 0)))
@@ -277,16 +300,42 @@ def _run_episode(graph: Any, cfg: RunConfig, task_id: str, policy: Policy) -> di
         t0 = time.perf_counter()
         snapshot = graph.get_state(config)
         resumed = bool(snapshot.values)
-        if snapshot.next:  # interrupted mid-episode: continue from the checkpoint
-            final = graph.invoke(None, config, context=ctx)
-        elif snapshot.values:  # finished before the kill, not yet logged
-            final = snapshot.values
-        else:
-            final = graph.invoke({"task_id": task_id}, config, context=ctx)
+        if snapshot.tasks:  # interrupted mid-episode (tasks left, or done but not yet checkpointed)
+            graph.invoke(None, config, context=ctx)
+        elif not snapshot.values:
+            graph.invoke({"task_id": task_id}, config, context=ctx)
+        final = graph.get_state(config)
+        problem = _unfinished(final, _max_trials(graph, cfg))
+        if problem and resumed:  # a checkpoint that cannot be continued: play the episode again
+            log.warning("episode %s: %s; its checkpoints are dropped and it runs again", episode_id, problem)
+            graph.checkpointer.delete_thread(episode_id)
+            resumed = False
+            graph.invoke({"task_id": task_id}, config, context=ctx)
+            final = graph.get_state(config)
+            problem = _unfinished(final, _max_trials(graph, cfg))
+        if problem:
+            raise PonderError(
+                f"episode {episode_id} of agent {cfg.agent!r} {problem}; this is a bug in the agent graph, "
+                "please report it with the run directory"
+            )
         seconds = time.perf_counter() - t0
     finally:
         env.close()
-    return _episode_record(final, cfg, task_id, episode_id, policy, seconds, resumed)
+    return _episode_record(final.values, cfg, task_id, episode_id, policy, seconds, resumed)
+
+
+def _max_trials(graph: Any, cfg: RunConfig) -> int:
+    """The trials the graph runs without a success (a debate is one trial whatever ``--trials`` says)."""
+    return int(getattr(graph, "max_trials", cfg.trials))
+
+
+def _unfinished(snapshot: Any, max_trials: int) -> str | None:
+    """Why ``snapshot`` is not a finished episode, or None: the graph reached its end (no tasks
+    left) with its trials accounted for (at least one; all of them unless one succeeded)."""
+    if snapshot.tasks or snapshot.next:
+        return f"stopped before its end (next: {', '.join(snapshot.next) or 'saved writes'})"
+    values = snapshot.values
+    return trials_problem(list(values.get("trials", [])), bool(values.get("success")), max_trials)
 
 
 def _episode_record(
@@ -307,7 +356,7 @@ def _episode_record(
     first = next((t["trial"] for t in trials if t["success"]), None)
     return {
         "episode_id": episode_id,
-        "run": cfg.run_name,
+        "run": cfg.run_id or cfg.run_name,
         "agent": cfg.agent,
         "env": cfg.env,
         "task_id": task_id,

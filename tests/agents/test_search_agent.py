@@ -48,7 +48,8 @@ def test_search_agent_answers_with_the_best_scored_solution_and_keeps_the_tree(t
         and summary["score"] == pytest.approx(0.9)
     )
     assert summary["budget"]["generated_tokens"] == out["completion_tokens"] > 0
-    tree = SearchTree.load(summary["tree"])
+    assert summary["tree"] == "trees/e_1-t0.json"  # relative to the run directory
+    tree = SearchTree.load(tmp_path / summary["tree"])
     chosen = [n for n in tree.graph if tree[n]["chosen"]]
     assert [tree[n]["step"] for n in chosen[1:]] == ["9 + 4 = 13.", "Answer: 13"]
     assert (tmp_path / "trees" / "e_1-t0.png").is_file()  # the first episodes' trees are drawn
@@ -194,7 +195,7 @@ def test_real_model_beam_search_with_a_value_head_prm_end_to_end(tmp_path):
     )
     (s,) = out["searches"]
     assert s["budget"]["policy_calls"] >= 1 and s["budget"]["prm_calls"] >= 1 and s["nodes"] > 1
-    tree = SearchTree.load(s["tree"])
+    tree = SearchTree.load(tmp_path / s["tree"])
     assert prm.usage.tokens == s["budget"]["prm_tokens"] > 0  # what the PRM read is what the budget charged
     # the env graded exactly the solution on the chosen path of the tree
     assert len(out["trials"]) == 1 and out["trials"][0]["action"] == "\n\n".join(
