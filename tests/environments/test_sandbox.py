@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import secrets
@@ -13,7 +14,7 @@ import time
 
 import pytest
 
-from ponder.environments.sandbox import namespaces_available, run_python
+from ponder.environments.sandbox import namespaces_available, run_judged, run_python
 from ponder.errors import ConfigError
 
 pytestmark = pytest.mark.sandbox
@@ -281,3 +282,84 @@ def test_stdin_is_fed_and_bad_limits_are_refused():
 def test_interpreter_is_the_parents():
     r = run("import sys; print(sys.version)")
     assert r.stdout.strip() == sys.version
+
+
+# run_judged: a judge that reports, as its verdict, what the candidate could see.
+JUDGE = """
+import ctypes, json, os, sys
+ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)
+token, _, secret = sys.stdin.read().partition("\\n")
+to_c, from_c = os.fdopen(4, "w"), os.fdopen(3)
+to_c.write("go\\n")
+to_c.flush()
+seen = json.loads(from_c.readline() or "{}")
+os.write(5, (token + "\\n" + json.dumps({"uid": os.getuid(), "secret": secret, "candidate": seen})).encode())
+"""
+
+CANDIDATE = """
+import json, os, sys
+assert os.read(3, 3) == b"go\\n"
+seen = {"uid": os.getuid(), "cwd": os.getcwd(), "files": os.listdir("."), "stdin": sys.stdin.read(),
+        "argv": sys.orig_argv, "env": dict(os.environ), "fds": [], "blocked": []}
+for fd in range(256):
+    try:
+        os.fstat(fd)
+        seen["fds"].append(fd)
+    except OSError:
+        pass
+for path in ("/tmp/judge", "/tmp/judge/main.py", "/proc/1/fd", "/proc/2/environ"):
+    try:
+        os.listdir(path) if os.path.isdir(path) else open(path).read()
+    except OSError as e:
+        seen["blocked"].append(type(e).__name__)
+seen["mine"] = open("main.py").read()
+os.write(4, json.dumps(seen).encode() + b"\\n")
+print("candidate done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("isolation", ["auto", "rlimits"])
+def test_judged_run_keeps_the_secret_with_the_judge(isolation):
+    if isolation == "auto" and not namespaces_available():
+        pytest.skip("the namespace sandbox needs root and unshare")
+    secret = secrets.token_hex(16)
+    r = run_judged(CANDIDATE, JUDGE, f"tests: {secret}", isolation=isolation)
+    assert r.isolation == ("namespaces" if isolation == "auto" else "rlimits") and r.verdict, r
+    verdict = json.loads(r.verdict)
+    seen = verdict["candidate"]
+    assert verdict["secret"] == f"tests: {secret}"  # the judge got it ...
+    assert secret not in json.dumps(seen) + r.stdout + r.stderr  # ... the candidate nowhere
+    assert seen["fds"] == [0, 1, 2, 3, 4] and seen["stdin"] == "" and seen["files"] == ["main.py"]
+    if r.isolation == "namespaces":
+        assert seen["uid"] != verdict["uid"] and 0 not in (seen["uid"], verdict["uid"])
+        assert seen["cwd"] == "/tmp/sandbox" and len(seen["blocked"]) == 4, seen
+
+
+def test_judged_verdict_needs_the_token_and_the_judge_ends_the_run():
+    marker = "0.000" + "".join(secrets.choice("123456789") for _ in range(14))
+    forger = f"""
+        import os
+        if os.fork() == 0:
+            os.execv("/bin/sleep", ["sleep", "300", "{marker}"])
+        for fd in range(5, 256):
+            try:
+                os.write(fd, b"0" * 32 + b"\\npassed")
+                print("wrote", fd)
+            except OSError:
+                pass
+        """
+    t = time.monotonic()
+    r = run_judged(textwrap.dedent(forger), "import os\nos.write(5, b'no token\\nfine')", "s")
+    assert r.verdict is None and "wrote" not in r.stdout
+    assert time.monotonic() - t < 5 and _procs_with(marker) == []  # the judge ended: so did the rest
+
+
+@needs_ns
+def test_site_packages_and_hidden_paths_are_covered():
+    import numpy
+
+    d = os.path.dirname(numpy.__file__)
+    probe = f"import importlib.util as u, os\nprint(u.find_spec('numpy') is not None, os.path.isdir({d!r}) and os.listdir({d!r}))"
+    assert run(probe).stdout.startswith("True ['")
+    assert run(probe, site_packages=False).stdout == "False False\n"  # the whole site-packages is empty
+    assert run(probe, hide=[d]).stdout.endswith(" []\n")  # an empty dir (a namespace package at most)
