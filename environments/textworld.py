@@ -45,6 +45,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -94,6 +95,23 @@ _REQUEST = {
     "policy_commands": True,  # also makes the game track quest progress
 }
 _REFUSED = frozenset({"save", "restore", "restart", "quit", "q", "script", "transcript"})
+
+# textworld parses its logic (.twl) and text-grammar (.twg) files with ONE tatsu parser per
+# grammar, made at import time and shared by the whole process: ``textworld.logic._PARSER``
+# (textworld/logic/__init__.py:212, used by ``GameLogic._parse`` at line 1475) and
+# ``textworld.textgen.TextGrammar._PARSER`` (textworld/textgen/__init__.py:102). A tatsu parser
+# is its own parse context: the buffer, memo table and cut stack of the parse in progress live on
+# the parser object, so two threads parsing at once corrupt each other (``IndexError: pop from
+# empty list`` in tatsu's ``_option``, or a bogus FailedParse). The library gives no way to pass a
+# parser of our own, so this lock serialises exactly the calls that reach those parsers:
+#   - ``generator.make_game``: ``GameOptions.kb`` loads a fresh KnowledgeBase, parsing every .twl
+#     file, and the text Grammar parses the .twg files it has not cached yet;
+#   - ``textworld.start`` and ``Game.load``: the game's JSON holds its logic, which
+#     ``GameLogic.parse`` parses (an lru_cache, but two first misses parse at the same time).
+# Everything else runs unlocked: ``compile_game`` (Inform 7 in its own temp folder), and reset and
+# step, which parse nothing and drive jericho's frotz, of which each env loads its own copy.
+# (``warnings.catch_warnings`` around ``start`` swaps process-wide filters: inside the lock too.)
+_PARSER_LOCK = threading.Lock()
 
 
 def _textworld() -> Any:
@@ -164,7 +182,8 @@ def generate_game(spec: GameSpec, folder: str | Path) -> Path:
         options.grammar.theme = _RECIPE["theme"]
         options.path = str(Path(folder) / _GAME_FILE)
         try:
-            game = tw.generator.make_game(options)
+            with _PARSER_LOCK:
+                game = tw.generator.make_game(options)
         except tw.generator.QuestGenerationError:
             continue
         try:
@@ -330,7 +349,9 @@ class TextWorldEnv(TextEnv):
         Never show it to an agent: it is the answer.
         """
         if task_id not in self._walkthroughs:
-            game = self._tw.Game.load(str(self.game_file(task_id).with_suffix(".json")))
+            path = self.game_file(task_id).with_suffix(".json")
+            with _PARSER_LOCK:
+                game = self._tw.Game.load(str(path))
             self._walkthroughs[task_id] = list(game.walkthrough or [])
         return list(self._walkthroughs[task_id])
 
@@ -356,7 +377,7 @@ class TextWorldEnv(TextEnv):
         path = self.game_file(task_id)
         if path != self._game_file:
             self._stop_game()
-            with warnings.catch_warnings():
+            with _PARSER_LOCK, warnings.catch_warnings():
                 # jericho cannot read score or moves from any TextWorld game; textworld tracks them itself
                 warnings.filterwarnings("ignore", message=".*is not fully supported")
                 self._game = self._tw.start(str(path), self._tw.EnvInfos(**_REQUEST))
