@@ -16,8 +16,8 @@ Example:
     >>> p = argparse.ArgumentParser(prog="ponder")
     >>> _ = add_serve_parser(p.add_subparsers(dest="command"))
     >>> a = p.parse_args(["serve", "--port", "0"])
-    >>> a.host, a.port, a.max_batch_size
-    ('127.0.0.1', 0, 32)
+    >>> a.host, a.port, a.max_batch_size, a.max_connections, a.header_timeout
+    ('127.0.0.1', 0, 32, 128, 10.0)
 """
 
 from __future__ import annotations
@@ -38,7 +38,14 @@ def _say(text: str) -> None:
 
 def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``serve`` to the ``ponder`` subcommands; it sets ``fn`` like the other commands."""
-    from ponder.serve import DEFAULT_MAX_N, DEFAULT_MAX_TOKENS_LIMIT
+    from ponder.serve import (
+        DEFAULT_BODY_TIMEOUT,
+        DEFAULT_HEADER_TIMEOUT,
+        DEFAULT_IDLE_TIMEOUT,
+        DEFAULT_MAX_CONNECTIONS,
+        DEFAULT_MAX_N,
+        DEFAULT_MAX_TOKENS_LIMIT,
+    )
 
     p = subparsers.add_parser(
         "serve", help="serve the local policy (and a PRM) over an OpenAI-compatible API"
@@ -62,6 +69,31 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--grace", type=float, default=10.0, help="seconds running requests get at shutdown (default 10)"
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help="connections served at once, a thread each; past it a new one replaces the connection idle "
+        f"longest, or gets a 503 when none is idle (default {DEFAULT_MAX_CONNECTIONS})",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=DEFAULT_HEADER_TIMEOUT,
+        help=f"seconds for a request line and headers to arrive (default {DEFAULT_HEADER_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=DEFAULT_BODY_TIMEOUT,
+        help=f"seconds for a request body to arrive (default {DEFAULT_BODY_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=DEFAULT_IDLE_TIMEOUT,
+        help=f"seconds a kept-alive connection may wait for its next request (default {DEFAULT_IDLE_TIMEOUT:g})",
     )
     p.set_defaults(fn=cmd_serve)
     return p
@@ -95,6 +127,10 @@ def cmd_serve(a: argparse.Namespace) -> int:
             model_name=a.name,
             max_tokens_limit=a.max_tokens_limit,
             max_n=a.max_n,
+            max_connections=a.max_connections,
+            header_timeout=a.header_timeout,
+            body_timeout=a.body_timeout,
+            idle_timeout=a.idle_timeout,
         )
         extra = f" (PRM {server.prm_name} at {server.url}/prm/score)" if prm is not None else ""
         _say(f"serving {server.model_name} at {server.url}{extra}")

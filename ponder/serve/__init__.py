@@ -1,7 +1,7 @@
 """``ponder serve``: the local policy (and a PRM) behind an OpenAI-compatible HTTP API.
 
 Standard library only: a ``ThreadingHTTPServer`` speaking HTTP/1.1 with keep-alive, one thread
-per connection, every request handed to the policy's continuous-batching engine
+per connection (at most ``max_connections``), every request handed to the policy's continuous-batching engine
 (``LocalPolicy.stream``), so concurrent clients share one batch. Endpoints:
 
 * ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health``;
@@ -22,6 +22,7 @@ Modules:
     * ``replies``: a generation's engine streams (``_Job``) and its answer (``_Reply``): JSON or
       SSE, logprobs, usage;
     * ``http``: the standard-library HTTP layer (``_HTTPServer``, ``_Handler``);
+    * ``limits``: read deadlines, the 503 for connections over the cap, idleness checks;
     * ``server``: ``Server``: routing, the PRM endpoint, start and graceful shutdown.
 
 Decisions:
@@ -48,6 +49,16 @@ Decisions:
     * Shutdown (``shutdown(grace)``): stop accepting, close idle keep-alive connections,
       let running requests finish for ``grace`` seconds, then cancel the rest (a streaming
       client gets an error event, a waiting one a 503), close every socket, join threads.
+    * Limits: a body nested deeper than ``MAX_JSON_DEPTH`` (64) arrays and objects gets a 400
+      before it is parsed (nothing later can recurse into a RecursionError). At most
+      ``max_connections`` (128) connections are served, a thread each; when all are taken a new
+      connection replaces the one idle longest (a kept-alive connection waiting for its next
+      request: its client reconnects), and when none is idle it gets a 503 with ``retry-after``
+      from one overflow thread, so a flood of sockets never adds threads. Deadlines, not
+      per-read timeouts: the request line and headers within ``header_timeout`` (10 s), the
+      body within ``body_timeout`` (30 s), a kept-alive connection's next request within
+      ``idle_timeout`` (15 s); past one the connection closes, with a 408 when part of a
+      request had come.
     * Security: no authentication; bound to loopback it refuses Host headers that are not
       loopback names (a web page cannot rebind its domain to the model). Bind elsewhere only
       behind something that authenticates.
@@ -71,8 +82,28 @@ Example:
 """
 
 from ponder.serve.requests import COMPLETIONS_MAX_TOKENS as COMPLETIONS_MAX_TOKENS  # as before the split
+from ponder.serve.requests import MAX_JSON_DEPTH, ApiError
 from ponder.serve.requests import MAX_STOP as MAX_STOP
-from ponder.serve.requests import ApiError
-from ponder.serve.server import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_N, DEFAULT_MAX_TOKENS_LIMIT, Server
+from ponder.serve.server import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_N,
+    DEFAULT_MAX_TOKENS_LIMIT,
+    Server,
+)
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_N", "DEFAULT_MAX_TOKENS_LIMIT", "ApiError", "Server"]
+__all__ = [
+    "DEFAULT_BODY_TIMEOUT",
+    "DEFAULT_HEADER_TIMEOUT",
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_N",
+    "DEFAULT_MAX_TOKENS_LIMIT",
+    "MAX_JSON_DEPTH",
+    "ApiError",
+    "Server",
+]

@@ -1,9 +1,13 @@
 """The standard-library HTTP layer: one thread per connection, HTTP/1.1 keep-alive, JSON and SSE.
 
-``_HTTPServer`` registers its connection threads with the ``Server`` (so shutdown can join them).
-``_Handler`` reads a request (a Content-Length body within ``max_body_bytes``), hands it to
-``Server._route``, answers errors in OpenAI's JSON shape, and writes server-sent events (chunked
-on HTTP/1.1).
+``_HTTPServer`` asks the ``Server`` to admit each new connection (a thread of its own, at most
+``max_connections`` of them, so shutdown can join them); a connection over the cap is answered
+503 by ``limits._Overflow``, one thread for all of them. ``_Handler`` reads a request within
+deadlines (``limits._Deadlines``: the request line and headers within ``header_timeout``, the
+body within ``body_timeout``, the next request on a kept-alive connection within
+``idle_timeout``), a Content-Length body within ``max_body_bytes`` and ``MAX_JSON_DEPTH``, hands
+it to ``Server._route``, answers errors in OpenAI's JSON shape, and writes server-sent events
+(chunked on HTTP/1.1).
 
 Example:
     >>> import http.client, json, types
@@ -20,16 +24,19 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import select
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from ponder.errors import BackendError, ConfigError, PonderError
-from ponder.serve.requests import ApiError, _ClientGone
+from ponder.serve.limits import _SEND_TIMEOUT, _Deadlines, _Overflow
+from ponder.serve.requests import MAX_JSON_DEPTH, ApiError, _ClientGone, _nested_deeper_than, _too_deep
 
 if TYPE_CHECKING:
     from ponder.serve.server import Server
@@ -44,7 +51,8 @@ def _shut(sock: Any) -> None:
 
 
 class _HTTPServer(ThreadingHTTPServer):
-    """One daemon thread per connection, tracked by the ``Server`` so shutdown can join them."""
+    """One daemon thread per admitted connection, tracked by the ``Server`` so shutdown can join
+    them; connections the ``Server`` does not admit go to ``_Overflow``."""
 
     daemon_threads = True
     block_on_close = False
@@ -52,6 +60,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], app: Server):
         self.app = app
+        self.overflow = _Overflow(app.max_connections)
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
@@ -60,8 +69,10 @@ class _HTTPServer(ThreadingHTTPServer):
         t = threading.Thread(
             target=self._work, args=(request, client_address), name="ponder-serve-conn", daemon=True
         )
-        self.app._add_thread(t)
-        t.start()
+        if self.app._admit(t):
+            t.start()
+        else:
+            self.overflow.reject(request)
 
     def _work(self, request: Any, client_address: Any) -> None:
         try:
@@ -77,15 +88,26 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the OpenAI client expects
     server_version = "ponder-serve"
     sys_version = ""
-    timeout = 300  # an idle keep-alive connection (or a stalled client) is closed after this
+    timeout = _SEND_TIMEOUT  # the socket's timeout for writes; reads have deadlines (``_Deadlines``)
     server: _HTTPServer
 
     # -- connection state ---------------------------------------------------------------
     def setup(self) -> None:
         super().setup()
         self.app = self.server.app
-        self.app._conn_opened(self)
         self._sent = self._body_read = self._chunked = False
+        self.timed_out = self.evicted = False
+        # a new connection must send its request at once: the header deadline runs from now
+        self.expect("request line and headers", self.app.header_timeout, waiting=True)
+        buffered, self.rfile = self.rfile, io.BufferedReader(_Deadlines(self))
+        buffered.close()  # the socket's own reader: unused, and it would keep the socket open
+        self.app._conn_opened(self)
+
+    def expect(self, phase: str, seconds: float, waiting: bool = False) -> None:
+        """What the connection reads next and how long it has: ``phase`` within ``seconds``;
+        ``waiting``: no byte of that request has come yet (the connection may be evicted)."""
+        self.phase, self.deadline = phase, time.monotonic() + seconds
+        self.waiting_since = time.monotonic() if waiting else None
 
     def finish(self) -> None:
         try:
@@ -99,14 +121,29 @@ class _Handler(BaseHTTPRequestHandler):
         return super().parse_request()
 
     def handle_one_request(self) -> None:
+        # what an answer needs before a request line has been read (a 408)
+        self.requestline, self.command, self.request_version = "", "", "HTTP/1.1"
+        self._sent = self._body_read = self.timed_out = False
         try:
-            super().handle_one_request()
+            super().handle_one_request()  # closes the connection on TimeoutError
+            if self.timed_out and self.phase == "request line and headers" and self.waiting_since is None:
+                # part of a request came, too slowly: say so (an idle connection just closes)
+                self.send_error_json(
+                    ApiError(
+                        408,
+                        f"the request line and headers did not arrive within {self.app.header_timeout:g} s; "
+                        "send the whole request at once",
+                        code="request_timeout",
+                        close=True,
+                    )
+                )
         except ConnectionError:  # the client hung up (between requests, or reset while we read)
             self.close_connection = True
         finally:
             if self.app._draining:
                 self.close_connection = True
             self.app._set_busy(self, False)
+            self.expect("next request", self.app.idle_timeout, waiting=True)
 
     def handle_expect_100(self) -> bool:
         try:  # refuse an oversized body before the client sends it
@@ -178,12 +215,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def read_json(self, limit: int) -> dict[str, Any]:
         length = self._length(limit)
-        data = self.rfile.read(length)
+        data = self._read_body(length)
         self._body_read = True
         if len(data) < length:
             raise _ClientGone
+        if _nested_deeper_than(data, MAX_JSON_DEPTH):
+            raise _too_deep()
         try:
             body = json.loads(data, parse_constant=_no_constant)
+        except RecursionError:  # not with MAX_JSON_DEPTH far below the recursion limit; kept safe
+            raise _too_deep() from None
         except (ValueError, UnicodeDecodeError) as e:
             raise ApiError(
                 400, f"the body is not valid JSON ({e}); send a JSON object", code="invalid_json"
@@ -192,11 +233,26 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(400, "the body must be a JSON object", code="invalid_json")
         return body
 
+    def _read_body(self, length: int) -> bytes:
+        """``length`` bytes of body, all within ``body_timeout`` (else a 408 and the connection closes)."""
+        self.expect("request body", self.app.body_timeout)
+        try:
+            return self.rfile.read(length)
+        except TimeoutError:
+            raise ApiError(
+                408,
+                f"the request body ({length} bytes) did not arrive within {self.app.body_timeout:g} s; "
+                "send it at once",
+                code="request_timeout",
+                close=True,
+            ) from None
+
     def client_gone(self) -> bool:
         """Whether the peer has closed the connection (readable with nothing to read)."""
         try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
-            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+            poll = select.poll()  # not select(): with many connections descriptors exceed 1024
+            poll.register(self.connection, select.POLLIN)
+            return bool(poll.poll(0)) and self.connection.recv(1, socket.MSG_PEEK) == b""
         except (OSError, ValueError):
             return True
 
@@ -237,19 +293,20 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             length = self._length(self.app.max_body_bytes)
             self._body_read = True
-            return len(self.rfile.read(length)) == length
+            return len(self._read_body(length)) == length
         except (ApiError, OSError):
             return False
 
     def _linger(self) -> None:
         """After an early answer, read (and drop) what the client is still sending, at most
-        ``max_body_bytes`` for a second: closing with unread data would reset the connection
-        and could destroy the answer before the client reads it."""
+        ``max_body_bytes`` for a second in all: closing with unread data would reset the
+        connection and could destroy the answer before the client reads it."""
+        deadline = time.monotonic() + 1.0
         try:
             self.connection.shutdown(socket.SHUT_WR)
-            self.connection.settimeout(1.0)
             left = self.app.max_body_bytes
-            while left > 0:
+            while left > 0 and (wait := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(wait)
                 got = self.connection.recv(min(left, 65536))
                 if not got:
                     break

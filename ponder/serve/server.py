@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from ponder.errors import BackendError, ConfigError
 from ponder.serve.http import _Handler, _HTTPServer, _shut
+from ponder.serve.limits import _quiet
 from ponder.serve.replies import _Job, _Pieces, _Reply
 from ponder.serve.requests import (
     ApiError,
@@ -41,6 +42,18 @@ log = logging.getLogger("ponder.serve")  # one logger for the package, as before
 DEFAULT_MAX_BODY_BYTES = 4 * 2**20
 DEFAULT_MAX_TOKENS_LIMIT = 4096
 DEFAULT_MAX_N = 64
+#: connections served at once, one thread each (a waiting thread costs little): 4x the engine's
+#: default batch of 32, and twice what one ``ponder run --policy openai --concurrency 16`` keeps in
+#: flight (its max_concurrency is 4x the concurrency). When all are taken, an idle one makes room.
+DEFAULT_MAX_CONNECTIONS = 128
+#: seconds for the request line and headers (from the connection, or from a request's first byte)
+DEFAULT_HEADER_TIMEOUT = 10.0
+#: seconds for a whole request body (4 MiB at most by default: ~1 Mbit/s at the slowest)
+DEFAULT_BODY_TIMEOUT = 30.0
+#: seconds a kept-alive connection may wait for its next request (OpenAI's client drops its own after 5)
+DEFAULT_IDLE_TIMEOUT = 15.0
+#: evicted connections whose thread has not ended yet, at most, beyond ``max_connections``
+_EVICTING = 8
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 _ROUTES = {
     "/v1/models": "GET",
@@ -65,6 +78,13 @@ class Server:
         max_body_bytes: larger request bodies get a 413 without being read.
         max_tokens_limit: the most ``max_tokens`` a request may ask for (and the chat default).
         max_n: the most choices per request.
+        max_connections: connections served at once, a thread each. When all are taken, a new
+            connection takes the place of the one idle longest (waiting for its next request, or
+            for its first byte); when none is idle it is answered 503 with Retry-After and closed.
+        header_timeout: seconds for a request line and headers to arrive; then the connection
+            is closed (with a 408 if part of a request came).
+        body_timeout: seconds for a request body to arrive; then a 408 and the connection closes.
+        idle_timeout: seconds a kept-alive connection may wait for its next request.
     """
 
     def __init__(
@@ -79,14 +99,26 @@ class Server:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
         max_n: int = DEFAULT_MAX_N,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ):
         for name, value in (
             ("max_body_bytes", max_body_bytes),
             ("max_tokens_limit", max_tokens_limit),
             ("max_n", max_n),
+            ("max_connections", max_connections),
         ):
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        for name, seconds in (
+            ("header_timeout", header_timeout),
+            ("body_timeout", body_timeout),
+            ("idle_timeout", idle_timeout),
+        ):
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+                raise ConfigError(f"{name} must be a number of seconds > 0, got {seconds!r}")
         if getattr(policy, "engine", True) is None:
             raise ConfigError(
                 "the policy runs without the engine; create it with LocalPolicy(engine=True) to serve it"
@@ -98,6 +130,10 @@ class Server:
         self.max_body_bytes = max_body_bytes
         self.max_tokens_limit = max_tokens_limit
         self.max_n = max_n
+        self.max_connections = max_connections
+        self.header_timeout = float(header_timeout)
+        self.body_timeout = float(body_timeout)
+        self.idle_timeout = float(idle_timeout)
         self.created = int(time.time())
         self._pieces: _Pieces | None = None
         self._lock = threading.Lock()
@@ -180,6 +216,7 @@ class Server:
                 self._httpd.shutdown()  # returns once the accept loop has stopped
                 self._thread.join()
             self._httpd.server_close()  # new connections are now refused
+            self._httpd.overflow.close()
             with self._lock:
                 idle = [h for h, busy in self._conns.items() if not busy]
             for h in idle:  # waiting for a next request that must not come
@@ -245,9 +282,29 @@ class Server:
                 self._conns[h] = busy
             self._changed.notify_all()
 
-    def _add_thread(self, t: threading.Thread) -> None:
+    def _admit(self, t: threading.Thread) -> bool:
+        """Register the thread of a new connection, if there is room: under ``max_connections``
+        threads, or by closing the connection idle longest (its thread ends at once; at most
+        ``_EVICTING`` of those may still be ending). False: answer 503."""
         with self._lock:
+            live = len(self._threads)
+            if live >= self.max_connections:
+                victim = self._idlest() if live < self.max_connections + _EVICTING else None
+                if victim is None:
+                    return False
+                victim.evicted = True
+                log.debug("closing an idle connection for a new one (%d connections)", live)
+                _shut(victim.connection)
             self._threads.add(t)
+            return True
+
+    def _idlest(self) -> _Handler | None:
+        """The connection waiting longest for a request that has not started (caller holds the lock)."""
+        waiting = [h for h in self._conns if h.waiting_since is not None and not h.evicted]
+        for h in sorted(waiting, key=lambda h: h.waiting_since or 0.0):
+            if _quiet(h.connection):
+                return h
+        return None
 
     def _drop_thread(self, t: threading.Thread) -> None:
         with self._lock:
