@@ -54,6 +54,7 @@ from ponder.agents.prompts import parse_reflection
 from ponder.agents.reflexion import trial_seed
 from ponder.agents.state import AgentContext, agent_provenance, remember_reflection
 from ponder.errors import ConfigError
+from ponder.memory.retrieval import is_trusted
 from ponder.models.types import Policy, SamplingParams
 
 __all__ = ["EmbodiedState", "build_embodied_agent", "contradicts", "recursion_limit"]
@@ -390,7 +391,8 @@ def _recall(
         ][:k]
     if "experiential" in modes:
         hits = others(memory.search(task_text, kind="experience", k=3, where={"outcome": "success"}))
-        for h in [h for h in hits if h.similarity >= floor][:1]:
+        # only an env-verified success (``is_trusted``): an imported record may just claim one
+        for h in [h for h in hits if h.similarity >= floor and is_trusted(h.record)][:1]:
             good = next((t for t in h.record.trajectory if t.get("success")), None)
             if good and good.get("action"):
                 acts = " ; ".join(good["action"].splitlines()[:20])

@@ -14,7 +14,10 @@ memory-based reinforcement:
 
 Everything recalled is agent-written text, so it reaches the model quoted as data under a
 header that says so. Exemplar turns are the exception: an env-verified successful answer
-to an env-written task, shown as a worked example (ExpeL's design).
+to an env-written task, shown as a worked example (ExpeL's design). Only a *trusted*
+experience (``is_trusted``: source env or user, vouched for; what ``ponder run`` writes) is
+shown that way: a record that merely claims ``outcome="success"`` (imported, or added by an
+agent) is left out, or quoted as data with ``untrusted_experiences="quote"``.
 
 Example:
     >>> from ponder.agents.memory_nodes import parse_memory_modes
@@ -28,11 +31,12 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from ponder.agents.prompts import ReflexionPrompts, parse_reflection
 from ponder.agents.state import AgentContext, EpisodeState, agent_provenance, remember_reflection
 from ponder.errors import ConfigError
+from ponder.memory.retrieval import is_trusted
 from ponder.models.fake import count_tokens
 from ponder.models.types import Policy, SamplingParams
 
@@ -88,6 +92,9 @@ class MemoryModes:
             ``None`` takes the embedder's ``related_similarity`` (MiniLM 0.6, hashing 0).
         token_budget: tokens at most for the recalled notes (exemplars excluded).
         learn_params: sampling for reflections and insight operations.
+        untrusted_experiences: what to do with a similar successful experience that is not
+            ``is_trusted`` (its success is only claimed): ``"skip"`` it (default) or ``"quote"``
+            it among the notes, as data.
     """
 
     store: Any
@@ -104,9 +111,14 @@ class MemoryModes:
     learn_params: SamplingParams = dataclasses.field(
         default_factory=lambda: SamplingParams(max_tokens=96, temperature=0.7)
     )
+    untrusted_experiences: Literal["skip", "quote"] = "skip"
 
     def __post_init__(self) -> None:
         self.modes = parse_memory_modes(self.modes)
+        if self.untrusted_experiences not in ("skip", "quote"):
+            raise ConfigError(
+                f"untrusted_experiences must be 'skip' or 'quote', got {self.untrusted_experiences!r}"
+            )
         if self.min_similarity is None:
             self.min_similarity = float(getattr(self.store.embedder, "related_similarity", 0.0))
 
@@ -140,6 +152,7 @@ class MemoryModes:
 
     def _experiences(self, query: str, ctx: AgentContext) -> tuple[list[list[str]], list[str]]:
         exemplars: list[list[str]] = []
+        contrasts: list[str] = []
         if self.k_exemplars:
             hits = self._similar(query, "experience", self.k_exemplars + 2, {"outcome": "success"})
             for h in hits:
@@ -147,10 +160,16 @@ class MemoryModes:
                 if not self._others([rec], ctx):
                     continue
                 good = next((s["action"] for s in rec.trajectory if s.get("success")), None)
-                if good:
+                if not good:
+                    continue
+                if is_trusted(rec):
                     exemplars.append([rec.task, good])
+                elif self.untrusted_experiences == "quote":
+                    contrasts.append(
+                        f"A similar task with an unverified claim of success: {rec.task.splitlines()[0]} "
+                        f"Claimed answer: {str(good)[:200]}"
+                    )
             exemplars = exemplars[: self.k_exemplars]
-        contrasts: list[str] = []
         if self.k_contrasts:
             hits = self._similar(query, "experience", self.k_contrasts + 2, {"outcome": "failure"})
             for h in [h for h in hits if self._others([h.record], ctx)][: self.k_contrasts]:

@@ -76,6 +76,7 @@ class Session:
     ):
         self.connector, self.mode, self.where, self.writer, self.io = connector, mode, where, writer, io
         self.closed = False
+        self._on_close: list[Any] = []
         self.client, self.collection = connector()
         self.seen = self.signature()
 
@@ -158,3 +159,9 @@ class Session:
             self.io.close()
         if self.writer:
             self.writer.release()
+        for fn in self._on_close:
+            fn()
+
+    def on_close(self, fn: Any) -> None:
+        """Call ``fn()`` once the session is closed (e.g. to remove a temporary copy)."""
+        self._on_close.append(fn)

@@ -29,8 +29,11 @@ Example:
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -111,6 +114,13 @@ class MemoryStore:
             raise ConfigError(f"memory path {root} is a file; pass a directory")
         if mode == "r" and not (root / "chroma.sqlite3").is_file():
             raise ConfigError(f"no memory at {root}; pass a store directory such as runs/NAME/memory")
+        if mode == "r" and not _writable(root):
+            return cls._open_copy(root, embedder, collection)
+        if not _writable(root):
+            raise ConfigError(
+                f"memory {root} is not writable (a read-only file system, or no permission); "
+                "copy it somewhere writable to change it (reading it works: mode='r')"
+            )
         root.mkdir(parents=True, exist_ok=True)
         wanted = resolve_embedder(embedder)
         writer = WriterLock.acquire(root, lock_timeout) if mode == "w" else None
@@ -123,6 +133,22 @@ class MemoryStore:
             if writer:
                 writer.release()
             raise
+
+    @classmethod
+    def _open_copy(cls, root: Path, embedder: Any, collection: str) -> MemoryStore:
+        """Read a store that cannot be written (a read-only disk): Chroma writes even to read, so
+        it reads a temporary copy, removed on ``close``. Writes are refused as in any mode 'r'."""
+        tmp = Path(tempfile.mkdtemp(prefix="ponder-memory-"))
+        try:
+            shutil.copytree(root, tmp / "store", ignore=shutil.ignore_patterns("*.lock"))
+            store = cls.open(tmp / "store", embedder=embedder, collection=collection, mode="r")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        log.info("memory %s is not writable: reading a copy in %s", root, tmp)
+        store.path, store._session.where = root, f"{root} (read-only: a copy)"
+        store._session.on_close(lambda: shutil.rmtree(tmp, ignore_errors=True))
+        return store
 
     @classmethod
     def connect(
@@ -227,14 +253,25 @@ class MemoryStore:
             self._session.delete(ids)
         return len(ids)
 
-    def import_jsonl(self, path: str | os.PathLike[str]) -> int:
+    def import_jsonl(self, path: str | os.PathLike[str], *, trust: bool = False) -> int:
         """Add every record of a file written by ``export`` (ids, provenance, times kept); return the count.
 
         The whole file is validated before anything is stored. Records whose id is already in the
         store are overwritten. Vectors are recomputed with this store's embedder.
+
+        Args:
+            path: the JSONL file.
+            trust: keep the file's ``trusted`` flags. By default every imported record is stored
+                untrusted: anyone can write ``"trusted": true, "source": "user"`` into a file, and a
+                trusted record reaches a prompt unquoted (an insight) or as a worked example (an
+                experience). Pass ``trust=True`` (``ponder memory import --trust``) only for a file
+                you vouch for.
         """
         self._writable("import records")
         records = read_jsonl(path)
+        if not trust:
+            for r in records:
+                r.provenance = dataclasses.replace(r.provenance, trusted=False)
         self.add_many(records)
         return len(records)
 
@@ -407,6 +444,16 @@ class MemoryStore:
             raise ConfigError(
                 f"cannot {what}: memory {self._session.where} is open read-only (mode='r'); open it with mode='w'"
             )
+
+
+def _writable(root: Path) -> bool:
+    """Whether ``root`` (or, if missing, its nearest existing parent) can be written: ``access``
+    also says no on a read-only file system, even to root."""
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    files = [probe, *(p for p in (probe / "chroma.sqlite3",) if p.exists())]
+    return all(os.access(p, os.W_OK) for p in files)
 
 
 def _records(res: Mapping[str, Any] | tuple[Any, Any, Any]) -> builtins.list[Record]:

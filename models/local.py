@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from ponder.errors import BackendError, ConfigError, DependencyNotInstalled
+from ponder.models.control_tokens import control_tokens_of, neutralize_prompt
 from ponder.models.engine import Engine, Stream, engine_dtype, off_thread
 from ponder.models.engine.decoder import supports
 from ponder.models.resolver import pick_device, pick_dtype, resolve_model
@@ -157,6 +158,7 @@ class LocalPolicy(BasePolicy):
                 f"could not load a model from {self.path}: {e}; pass a complete transformers folder"
             ) from e
         self.model.to(self.device).eval()
+        self.control_tokens = control_tokens_of(self.tokenizer)
         tok = self.tokenizer
         tok.padding_side = "left"
         if tok.pad_token is None:
@@ -229,7 +231,12 @@ class LocalPolicy(BasePolicy):
         return f"LocalPolicy({self.name!r}, device={self.device}, dtype={self.describe()['dtype']})"
 
     def render(self, prompt: Prompt) -> str:
-        """The exact text the model continues: chat template + generation prompt + prefix."""
+        """The exact text the model continues: chat template + generation prompt + prefix.
+
+        The tokenizer's control tokens inside the messages and the prefix are broken up first
+        (``models.control_tokens``): text never becomes a role marker.
+        """
+        prompt = neutralize_prompt(prompt, self.control_tokens)
         if self.tokenizer.chat_template:
             text = self.tokenizer.apply_chat_template(
                 prompt.to_messages(), tokenize=False, add_generation_prompt=True
@@ -239,7 +246,8 @@ class LocalPolicy(BasePolicy):
         return text + prompt.assistant_prefix
 
     def encode(self, prompt: Prompt | str) -> list[int]:
-        """Token ids of a chat prompt (rendered with the template) or of raw text."""
+        """Token ids of a chat prompt (rendered with the template) or of raw text (tokenized as
+        given, special tokens included: raw text is the caller's own)."""
         text = self.render(prompt) if isinstance(prompt, Prompt) else prompt
         return self.tokenizer(text, add_special_tokens=not self.tokenizer.chat_template)["input_ids"]
 

@@ -70,6 +70,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ponder.errors import BackendError, ConfigError, DependencyNotInstalled, PonderError
+from ponder.models.control_tokens import CONTROL_TOKENS, neutralize_prompt
 from ponder.models.fake import count_tokens
 from ponder.models.types import (
     BasePolicy,
@@ -123,6 +124,9 @@ class OpenAIPolicy(BasePolicy):
         extra_body: extra JSON fields for every request (e.g. vLLM's ``top_k``).
         prompt_formatter: with ``use_chat=False``, turns a Prompt (including its prefix)
             into the raw prompt string; defaults to ``default_prompt_formatter``.
+        control_tokens: strings broken up in every message before it is sent, so that text
+            never becomes a role marker on the server (``models.control_tokens``); the common
+            chat templates' markers by default, add the served model's own if it has others.
 
     See the module docstring for exactly what is sent and how replies are accounted.
     """
@@ -141,6 +145,7 @@ class OpenAIPolicy(BasePolicy):
         use_chat: bool = True,
         extra_body: dict[str, Any] | None = None,
         prompt_formatter: Callable[[Prompt], str] | None = None,
+        control_tokens: Sequence[str] = CONTROL_TOKENS,
     ):
         super().__init__()
         model = model or os.environ.get("PONDER_OPENAI_MODEL") or None
@@ -177,6 +182,7 @@ class OpenAIPolicy(BasePolicy):
         self.use_chat = use_chat
         self.extra_body = dict(extra_body or {})
         self.prompt_formatter = prompt_formatter or default_prompt_formatter
+        self.control_tokens = tuple(control_tokens)
         self.requests = 0  # requests answered, each counted once however often it was retried
         self.retries = 0  # retries those requests took (a failed request's retries are in its error)
         self._api_key = api_key
@@ -359,6 +365,8 @@ class OpenAIPolicy(BasePolicy):
     # -- shared: request building, parsing, accounting -----------------------------------
 
     def _request(self, prompt: Prompt, params: SamplingParams, n: int, attempt: int) -> dict[str, Any]:
+        # the server's tokenizer is out of sight: break up the common templates' control tokens
+        prompt = neutralize_prompt(prompt, self.control_tokens)
         kwargs: dict[str, Any] = {
             "model": self.model,
             "n": n,

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from ponder.errors import BackendError, ConfigError, DependencyNotInstalled
+from ponder.models.control_tokens import control_tokens_of, neutralize
 from ponder.models.prm import BasePRM
 from ponder.models.resolver import pick_device, pick_dtype
 
@@ -353,9 +354,10 @@ class HFPRM(BasePRM):
 
     def render(self, question: str, steps: Sequence[str]) -> tuple[str, list[int]]:
         """The text the model reads, and the index of the last character of each step's marker."""
-        tag = self.step_tag
-        q = question.replace(tag, "").strip()
-        clean = [s.replace(tag, "").strip() for s in steps]
+        tag, specials = self.step_tag, control_tokens_of(self.tokenizer)
+        # neither the marker nor any control token may come from the text itself
+        q = neutralize(question.replace(tag, "").strip(), specials)
+        clean = [neutralize(s.replace(tag, "").strip(), specials) for s in steps]
         if self.format == "math-shepherd":
             text, ends = q + " ", []
             for i, s in enumerate(clean):

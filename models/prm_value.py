@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from ponder.errors import BackendError, ConfigError, DependencyNotInstalled
+from ponder.models.control_tokens import control_tokens_of, neutralize
 from ponder.models.prm import BasePRM
 from ponder.models.resolver import pick_device, pick_dtype, resolve_model
 
@@ -81,7 +82,8 @@ def segments(
     Each piece is tokenized on its own (no special tokens) so a prefix's ids never depend on
     what follows it.
     """
-    texts = [question.strip() + separator, *(s.strip() + separator for s in steps)]
+    specials = control_tokens_of(tokenizer)  # text must not become a special token (control_tokens)
+    texts = [neutralize(t.strip(), specials) + separator for t in (question, *steps)]
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
@@ -350,8 +352,7 @@ class ValueHeadPRM(BasePRM):
     def _step_ids(self, steps: Sequence[str]) -> list[list[int]]:
         if not steps:
             return []
-        texts = [s.strip() + self.separator for s in steps]
-        return [list(x) for x in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        return segments(self.tokenizer, "", steps, self.separator)[1:]
 
     def _score_full(
         self, q_ids: list[int], steps: list[list[str]], keys: list[list[bytes]]

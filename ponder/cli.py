@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ponder.errors import ConfigError, PonderError
+from ponder.errors import ConfigError, PonderError, storage_problem
 
 __all__ = ["main"]
 
@@ -353,8 +353,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.fn(args) or 0)
-    except PonderError as e:
-        err_console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+    except Exception as e:
+        # a full disk or a read-only place says so (whatever layer saw it first), in one line;
+        # a ConfigError already says what is wrong with what the user gave
+        message = str(e) if isinstance(e, ConfigError) else storage_problem(e)
+        message = message or (str(e) if isinstance(e, PonderError) else None)
+        if message is None:
+            raise
+        err_console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted; finished episodes are saved: continue with --resume")

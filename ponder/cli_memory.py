@@ -202,12 +202,17 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 def cmd_import(a: argparse.Namespace) -> int:
     with _open(a, mode="w") as store:
-        n = store.import_jsonl(a.file)
+        n = store.import_jsonl(a.file, trust=a.trust)
         where = _label(store)
     if a.json:
-        _print_json({"imported": n, "file": a.file})
+        _print_json({"imported": n, "file": a.file, "trusted_flags_kept": a.trust})
     else:
-        _console().print(_plain(f"imported {n} record(s) from {a.file} into {where}"))
+        trust = (
+            "trusted flags kept (--trust)"
+            if a.trust
+            else "stored untrusted; pass --trust to keep their flags"
+        )
+        _console().print(_plain(f"imported {n} record(s) from {a.file} into {where}: {trust}"))
     return 0
 
 
@@ -424,6 +429,12 @@ def add_memory_parser(subparsers: Any) -> argparse.ArgumentParser:
             "--lock-timeout", type=float, default=10.0, metavar="S", help="wait S seconds for a writer"
         )
     sub.choices["import"].add_argument("file", help="a JSONL file written by `ponder memory export`")
+    sub.choices["import"].add_argument(
+        "--trust",
+        action="store_true",
+        help="keep the file's trusted flags (default: every imported record is untrusted, so it "
+        "reaches prompts only quoted as data); only for a file you vouch for",
+    )
     rm = sub.choices["rm"]
     rm.add_argument("ids", nargs="*", metavar="ID", help="record ids to delete")
     _filters(rm, rm=True)

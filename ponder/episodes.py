@@ -1,9 +1,12 @@
 """``episodes.jsonl``: one JSON line per finished episode, atomic and idempotent by id.
 
 Each line is written with a single ``write`` on an ``O_APPEND`` descriptor and fsynced,
-so a killed run leaves whole lines only; a torn last line (power loss) is set aside on
-open instead of being parsed. Writing an id that is already there is a no-op, which is
-what makes ``--resume`` lose and duplicate nothing.
+so a killed run leaves whole lines only. A line that is not a whole episode anyway (a torn
+last line after a power loss, a line cut or edited by hand anywhere in the file) and a second
+line of an id are moved to ``episodes.torn`` when the log is opened for writing, so the file
+holds each episode once and a resume re-runs what was torn; readers (``read_episodes``)
+skip such lines. Writing an id that is already there is a no-op, which is what makes
+``--resume`` lose and duplicate nothing.
 
 Example:
     >>> import tempfile, pathlib
@@ -25,7 +28,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EpisodeLog", "trials_problem"]
+__all__ = ["EpisodeLog", "read_episodes", "scan_episodes", "trials_problem"]
 
 log = logging.getLogger(__name__)
 
@@ -49,26 +52,61 @@ def trials_problem(trials: list[Any], success: bool, max_trials: int) -> str | N
     return None
 
 
+def scan_episodes(path: Path) -> tuple[list[dict[str, Any]], list[tuple[int, str, str]]]:
+    """The whole episodes of ``path`` (the first line of each id) and the other lines, with why."""
+    good: list[dict[str, Any]] = []
+    bad: list[tuple[int, str, str]] = []
+    seen: set[str] = set()
+    if not path.exists():
+        return good, bad
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            episode = json.loads(line)
+        except json.JSONDecodeError:
+            bad.append((n, line, "not a whole JSON line"))
+            continue
+        eid = episode.get("episode_id") if isinstance(episode, dict) else None
+        if not isinstance(eid, str):
+            bad.append((n, line, "not an episode (no episode_id)"))
+        elif eid in seen:
+            bad.append((n, line, f"a second line of episode {eid}"))
+        else:
+            seen.add(eid)
+            good.append(episode)
+    return good, bad
+
+
+def read_episodes(path: str | Path) -> list[dict[str, Any]]:
+    """The episodes of an ``episodes.jsonl``, once each, in the order written; lines that are not
+    whole episodes are skipped with a warning (nothing is written: safe on a read-only run).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "episodes.jsonl"
+        >>> _ = p.write_text('{"episode_id": "a"}\\n{"episode_id": "b", "tr\\n{"episode_id": "a"}\\n')
+        >>> [e["episode_id"] for e in read_episodes(p)]
+        ['a']
+    """
+    path = Path(path)
+    good, bad = scan_episodes(path)
+    for n, _, why in bad:
+        log.warning("%s:%d is %s; skipped", path, n, why)
+    return good
+
+
 class EpisodeLog:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._salvage_torn_tail()
+        self._set_aside_bad_lines()
         self._ids = {e["episode_id"] for e in self.read()}
 
     def read(self) -> list[dict[str, Any]]:
         """Every whole episode line, in the order written."""
-        if not self.path.exists():
-            return []
-        out = []
-        for n, line in enumerate(self.path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    log.warning("%s:%d is not valid JSON; skipped", self.path, n)
-        return out
+        return read_episodes(self.path)
 
     def __contains__(self, episode_id: str) -> bool:
         return episode_id in self._ids
@@ -91,15 +129,22 @@ class EpisodeLog:
             self._ids.add(episode["episode_id"])
             return True
 
-    def _salvage_torn_tail(self) -> None:
-        if not self.path.exists() or self.path.stat().st_size == 0:
+    def _set_aside_bad_lines(self) -> None:
+        """Move lines that are not whole episodes (and second lines of an id) to ``.torn``; the log
+        is rewritten through a temporary file, so a kill here leaves the old file or the new."""
+        good, bad = scan_episodes(self.path)
+        data = self.path.read_bytes() if self.path.exists() else b""
+        if not bad and (not data or data.endswith(b"\n")):
             return
-        data = self.path.read_bytes()
-        if data.endswith(b"\n"):
-            return
-        cut = data.rfind(b"\n") + 1
         torn = self.path.with_suffix(".torn")
-        torn.write_bytes(data[cut:])
-        with open(self.path, "r+b") as f:
-            f.truncate(cut)
-        log.warning("%s ended in a torn line; moved it to %s", self.path, torn)
+        with open(torn, "a", encoding="utf-8") as f:
+            for n, line, why in bad:
+                f.write(f"# line {n}: {why}\n{line}\n")
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(e, ensure_ascii=False, default=str) + "\n" for e in good)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.path)
+        for n, _, why in bad:
+            log.warning("%s:%d was %s; moved to %s", self.path, n, why, torn)

@@ -14,9 +14,11 @@ Example:
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable
 
 __all__ = [
+    "STORAGE_HINT",
     "BackendError",
     "BudgetExceeded",
     "ConfigError",
@@ -25,6 +27,7 @@ __all__ = [
     "PonderError",
     "SandboxError",
     "UnknownName",
+    "storage_problem",
 ]
 
 
@@ -69,3 +72,42 @@ class EnvError(PonderError, RuntimeError):
 
 class SandboxError(PonderError, RuntimeError):
     """The code sandbox could not be set up or run."""
+
+
+STORAGE_HINT = "finished work is kept; run the same command again (a run with --resume) once fixed"
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_READ_ONLY = (errno.EROFS,)
+_DENIED = (errno.EACCES, errno.EPERM)
+
+
+def storage_problem(exc: BaseException) -> str | None:
+    """One line for an exception caused by a full disk or a file that cannot be written, else None.
+
+    Looks through the exception's causes, and knows the forms SQLite (checkpoints) and Chroma
+    (memory) give these problems.
+
+    Example:
+        >>> storage_problem(OSError(28, "No space left on device", "runs/a/episodes.jsonl"))
+        'the disk is full (writing runs/a/episodes.jsonl): free some space; finished work is kept; run the same command again (a run with --resume) once fixed'
+        >>> storage_problem(ValueError("x")) is None
+        True
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = str(e).lower()
+        path = e.filename if isinstance(e, OSError) and e.filename else None
+        code = e.errno if isinstance(e, OSError) else None
+        if code in _FULL or "disk is full" in text or "no space left" in text or "(code: 13)" in text:
+            return f"the disk is full{f' (writing {path})' if path else ''}: free some space; {STORAGE_HINT}"
+        if code in _READ_ONLY or "readonly database" in text or "read-only file system" in text:
+            return (
+                f"cannot write {path or 'the run or its memory'}: the file system is read-only; "
+                f"use a writable place (--runs-dir, --out, --memory) or copy the run there; {STORAGE_HINT}"
+            )
+        if code in _DENIED and path:
+            return f"no permission to write {path}: fix its permissions or use another place; {STORAGE_HINT}"
+        e = e.__cause__ or e.__context__
+    return None

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ponder.episodes import read_episodes
 from ponder.errors import ConfigError
 
 __all__ = ["compare_runs", "load_run", "plot_embodied", "plot_success", "summarize", "write_report"]
@@ -197,9 +198,7 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]
             f"{d} is not a run directory (no config.yaml); pass a directory made by 'ponder run'"
         )
     config = yaml.safe_load((d / "config.yaml").read_text())
-    path = d / "episodes.jsonl"
-    episodes = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
-    return config, episodes
+    return config, read_episodes(d / "episodes.jsonl")
 
 
 def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> tuple[dict[str, dict], Path, Path]:

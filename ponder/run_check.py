@@ -22,12 +22,11 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ponder.config import RunConfig
-from ponder.episodes import trials_problem
+from ponder.episodes import scan_episodes, trials_problem
 
 __all__ = ["check_run", "diff_snapshots", "run_snapshot"]
 
@@ -36,36 +35,18 @@ __all__ = ["check_run", "diff_snapshots", "run_snapshot"]
 VOLATILE_KEYS = frozenset({"seconds", "resumed", "created_at", "at"})
 
 
-def _lines(run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    path = run_dir / "episodes.jsonl"
-    episodes, problems = [], []
-    if not path.exists():
-        return [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            episodes.append(json.loads(line))
-        except json.JSONDecodeError:
-            problems.append(f"episodes.jsonl:{n} is not a whole JSON line")
-    return episodes, problems
-
-
 def check_run(run_dir: str | Path, *, max_trials: int | None = None) -> list[str]:
     """What is wrong with ``run_dir``'s episode log: torn lines, episodes logged twice, episodes
     that did not finish (no trial, or fewer than ``max_trials`` without a success; ``max_trials``
     defaults to the saved config's, 1 for debates). An empty list means none of these."""
     run_dir = Path(run_dir)
-    episodes, problems = _lines(run_dir)
+    episodes, bad = scan_episodes(run_dir / "episodes.jsonl")
+    problems = [f"episodes.jsonl:{n} is {why}" for n, _, why in bad]
     if max_trials is None:
         cfg = RunConfig.from_yaml(run_dir / "config.yaml")
         max_trials = 1 if cfg.agent == "debate" else cfg.trials
-    seen: set[str] = set()
     for e in episodes:
-        eid = e.get("episode_id", "?")
-        if eid in seen:
-            problems.append(f"episode {eid} is logged more than once")
-        seen.add(eid)
+        eid = e["episode_id"]
         trials = e.get("trials") or []
         if e.get("trials_used") != len(trials):
             problems.append(f"episode {eid} says trials_used {e.get('trials_used')} but holds {len(trials)}")
@@ -93,10 +74,8 @@ def run_snapshot(run_dir: str | Path, *, memory: str | Path | None = None) -> di
     from ponder.memory import MemoryStore
 
     run_dir = Path(run_dir)
-    episodes, _ = _lines(run_dir)
-    by_id: dict[str, Any] = {}
-    for e in episodes:
-        by_id.setdefault(e["episode_id"], _stable(e))
+    episodes, _ = scan_episodes(run_dir / "episodes.jsonl")
+    by_id = {e["episode_id"]: _stable(e) for e in episodes}
     records: dict[str, Any] = {}
     mem_dir = Path(memory) if memory else run_dir / "memory"
     if mem_dir.exists():

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -115,6 +116,7 @@ def _prepare_dir(cfg: RunConfig) -> RunConfig:
     whatever name its saved config holds; its records keep the ``run_id`` they started with.
     """
     saved = cfg.run_dir / "config.yaml"
+    _check_writable(cfg.run_dir)
     if saved.exists() and not cfg.resume:
         raise ConfigError(
             f"run directory {cfg.run_dir} already exists; pass --resume to continue it or --name for a new run"
@@ -145,6 +147,29 @@ def _prepare_dir(cfg: RunConfig) -> RunConfig:
     cfg.save(tmp)
     tmp.replace(saved)
     return cfg
+
+
+def _check_writable(run_dir: Path) -> None:
+    """Refuse, before anything is loaded, a run directory (or runs dir) that cannot be written."""
+    probe = run_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or os.access(probe, os.W_OK | os.X_OK):
+        return
+    why = "is on a read-only file system" if _read_only_fs(probe) else "is not writable (permissions)"
+    if probe == run_dir:
+        raise ConfigError(
+            f"run directory {run_dir} {why}; copy it somewhere writable and resume the copy there: "
+            f"cp -r {run_dir} DIR/ && ponder run --runs-dir DIR --name {run_dir.name} --resume"
+        )
+    raise ConfigError(f"cannot create {run_dir}: {probe} {why}; pass --runs-dir DIR on a writable disk")
+
+
+def _read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _open_memory(cfg: RunConfig) -> Any:
@@ -377,7 +402,12 @@ def _episode_record(
 
 
 def experience_from_episode(episode: dict[str, Any]) -> Any:
-    """The episode as an ``Experience`` record (one per run and episode: stable id)."""
+    """The episode as an ``Experience`` record (one per run and episode: stable id).
+
+    Its source is the env and it is trusted: the env graded its outcome and wrote its task, so
+    a successful one may be shown as a worked example. Records from anywhere else (an import,
+    an agent) are untrusted and reach prompts only quoted as data, if at all.
+    """
     from ponder.memory import Experience, Provenance
 
     steps = [
@@ -397,7 +427,7 @@ def experience_from_episode(episode: dict[str, Any]) -> Any:
         agent=episode["agent"],
         model=episode["model"],
         source="env",
-        trusted=False,
+        trusted=True,
     )
     rid = hashlib.blake2b(f"{episode['run']}/{episode['episode_id']}/experience".encode(), digest_size=12)
     return Experience(

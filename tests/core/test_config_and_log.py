@@ -56,4 +56,29 @@ def test_episode_log_sets_a_torn_line_aside(tmp_path):
     path.write_text(json.dumps({"episode_id": "a"}) + "\n" + '{"episode_id": "b", "tru')
     log = EpisodeLog(path)
     assert len(log) == 1 and path.read_text().endswith("\n")
-    assert (tmp_path / "episodes.torn").read_text().startswith('{"episode_id": "b"')
+    assert '{"episode_id": "b", "tru' in (tmp_path / "episodes.torn").read_text()
+
+
+@pytest.mark.parametrize("keep_newline", [True, False])
+def test_a_line_cut_in_the_middle_of_the_log_is_set_aside_and_rerun_once(tmp_path, keep_newline):
+    from ponder.run_check import check_run
+    from ponder.runner import run
+
+    cfg = RunConfig(agent="retry", tasks=4, trials=1, policy="scripted", script=("Answer: 1",),
+                    runs_dir=str(tmp_path), name="r", embedder="hashing")  # fmt: skip
+    run(cfg, progress=False)
+    log = tmp_path / "r" / "episodes.jsonl"
+    lines = log.read_text().splitlines(True)
+    cut = lines[1][: len(lines[1]) // 2] + ("\n" if keep_newline else "")  # else it runs into line 3
+    log.write_text("".join([lines[0], cut, *lines[2:]]))
+    result = run(cfg.replace(resume=True), progress=False)
+    ids = [json.loads(x)["episode_id"] for x in log.read_text().splitlines()]
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 4 == len(result.episodes)
+    assert check_run(tmp_path / "r") == []
+    torn = (tmp_path / "r" / "episodes.torn").read_text()
+    assert "not a whole JSON line" in torn and cut.strip() in torn
+    # and the report of such a log (before a resume repairs it) reads it, episodes once each
+    from ponder.report import load_run
+
+    log.write_text("".join([lines[0], cut, lines[1], lines[1], *lines[2:]]))
+    assert sorted(e["episode_id"] for e in load_run(tmp_path / "r")[1]) == sorted(set(ids))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import textwrap
 import time
@@ -507,14 +506,14 @@ def test_no_route_reaches_the_tests(env, route):
 
 @needs_ns
 @pytest.mark.parametrize("name", sorted(FORGERIES))
-def test_forged_verdicts_do_not_pass(env, name):
+def test_forged_verdicts_do_not_pass(env, name, procs_with):
     marker = "0.000" + "".join(secrets.choice("123456789") for _ in range(14))
     t = time.monotonic()
     reward, info = grade(env, textwrap.dedent(FORGERIES[name]).replace("{marker}", marker))
     assert reward == 0.0 and info["feedback"] != "passed all tests", info
     assert "LATE" not in info["stdout"] + info["stderr"]
     assert time.monotonic() - t < 10
-    assert not _procs_with(marker)  # nothing outlived the run
+    assert not procs_with(marker)  # nothing outlived the run
 
 
 @needs_ns
@@ -591,15 +590,3 @@ def test_rlimits_still_keeps_the_tests_out_of_the_candidate_process(route, caplo
     assert f"SEARCHED {route} call" in info["stdout"] and "found=0" in info["stdout"], info
     assert_no_secret(info)
     assert grade(env, CORRECT[TASK])[0] == 1.0
-
-
-def _procs_with(marker: str) -> list[int]:
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    pids.append(int(pid))
-        except OSError:
-            pass
-    return pids

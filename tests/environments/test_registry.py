@@ -6,6 +6,10 @@ from ponder.errors import ConfigError, DependencyNotInstalled, EnvError, Unknown
 
 @pytest.mark.parametrize("name", sorted(list_envs()))
 def test_check_env_over_every_registered_env(name):
+    from ponder.environments.sandbox import namespaces_available
+
+    if name == "humaneval" and not namespaces_available():  # pragma: no cover - CI runs as root
+        pytest.skip("HumanEval grades only in the namespace sandbox (root and unshare)")
     try:
         env = make(name)
     except DependencyNotInstalled as e:  # pragma: no cover - all extras are installed by make test

@@ -31,18 +31,6 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _procs_with(marker: str) -> list[int]:
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    pids.append(int(pid))
-        except OSError:
-            pass
-    return pids
-
-
 def test_runs_code_and_captures_output():
     r = run("import sys\nprint('hi')\nprint('oops', file=sys.stderr)\nsys.exit(3)")
     assert (r.stdout, r.stderr, r.returncode) == ("hi\n", "oops\n", 3)
@@ -70,7 +58,7 @@ def test_infinite_loop_is_killed_at_the_timeout():
 
 
 @needs_ns
-def test_fork_bomb_is_bounded_and_leaves_no_process():
+def test_fork_bomb_is_bounded_and_leaves_no_process(procs_with):
     marker = "0.000" + "".join(secrets.choice("123456789") for _ in range(14))  # `sleep` adds its args
     t = time.monotonic()
     r = run(
@@ -97,7 +85,7 @@ def test_fork_bomb_is_bounded_and_leaves_no_process():
     n = int(r.stdout.split()[2])
     assert 0 < n < 16
     assert time.monotonic() - t < 6
-    assert _procs_with(marker) == []  # every sleeper died with the namespace
+    assert procs_with(marker) == []  # every sleeper died with the namespace
 
 
 def test_memory_bomb_fails_and_the_parent_is_unaffected():
@@ -335,7 +323,7 @@ def test_judged_run_keeps_the_secret_with_the_judge(isolation):
         assert seen["cwd"] == "/tmp/sandbox" and len(seen["blocked"]) == 4, seen
 
 
-def test_judged_verdict_needs_the_token_and_the_judge_ends_the_run():
+def test_judged_verdict_needs_the_token_and_the_judge_ends_the_run(procs_with):
     marker = "0.000" + "".join(secrets.choice("123456789") for _ in range(14))
     forger = f"""
         import os
@@ -351,7 +339,7 @@ def test_judged_verdict_needs_the_token_and_the_judge_ends_the_run():
     t = time.monotonic()
     r = run_judged(textwrap.dedent(forger), "import os\nos.write(5, b'no token\\nfine')", "s")
     assert r.verdict is None and "wrote" not in r.stdout
-    assert time.monotonic() - t < 5 and _procs_with(marker) == []  # the judge ended: so did the rest
+    assert time.monotonic() - t < 5 and procs_with(marker) == []  # the judge ended: so did the rest
 
 
 @needs_ns

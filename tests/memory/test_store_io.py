@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import subprocess
@@ -63,7 +64,7 @@ def test_export_clear_import_export_is_lossless(store, tmp_path):
     first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     assert store.export(first) == len(RECORDS)
     assert store.clear() == len(RECORDS) and store.count() == 0
-    assert store.import_jsonl(first) == len(RECORDS)
+    assert store.import_jsonl(first, trust=True) == len(RECORDS)  # our own export: keep its flags
     store.export(second)
     assert first.read_bytes() == second.read_bytes()
     for r in RECORDS:  # every field, provenance included, comes back equal
@@ -82,6 +83,13 @@ def test_export_clear_import_export_is_lossless(store, tmp_path):
         "trusted": True,
     }
     assert lines[1]["score"] == 0.1 + 0.2  # floats are exact
+    # without trust=True a file's claim of trust is dropped, and nothing else
+    store.clear()
+    store.import_jsonl(first)
+    for r in RECORDS:
+        assert store.get(r.id) == dataclasses.replace(
+            r, provenance=dataclasses.replace(r.provenance, trusted=False)
+        )
 
 
 def test_import_validates_the_whole_file_first(store, tmp_path):
