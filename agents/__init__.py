@@ -6,7 +6,7 @@ max_trials=..., **kw)``.
 Example:
     >>> from ponder.agents import AGENTS
     >>> sorted(AGENTS)
-    ['debate', 'embodied', 'embodied-plan', 'embodied-retry', 'reflexion', 'retry', 'search', 'team']
+    ['debate', 'embodied', 'embodied-plan', 'embodied-retry', 'reflexion', 'retry', 'retry-feedback', 'search', 'team']
 """
 
 from collections.abc import Callable
@@ -16,7 +16,7 @@ from typing import Any
 from ponder.agents.debate import build_debate
 from ponder.agents.embodied import EmbodiedState, build_embodied_agent
 from ponder.agents.prompts import ReflexionPrompts, parse_reflection
-from ponder.agents.reflexion import build_reflexion, build_retry, route_after_evaluate
+from ponder.agents.reflexion import build_reflexion, build_retry, build_retry_feedback, route_after_evaluate
 from ponder.agents.search_agent import SearchActor, build_search_agent
 from ponder.agents.state import AgentContext, EpisodeState, TrialRecord
 from ponder.agents.team import build_team, build_team_agent
@@ -26,6 +26,7 @@ __all__ = [
     "AGENTS",
     "AGENT_DESCRIPTIONS",
     "EMBODIED",
+    "ONE_TRIAL",
     "USES_MEMORY",
     "AgentContext",
     "EmbodiedState",
@@ -37,17 +38,20 @@ __all__ = [
     "build_embodied_agent",
     "build_reflexion",
     "build_retry",
+    "build_retry_feedback",
     "build_search_agent",
     "build_team",
     "make_topology",
     "parse_reflection",
     "route_after_evaluate",
+    "trials_for",
 ]
 
 #: name -> factory(policy, *, memory=None, max_trials=3, **kw) -> compiled graph
 AGENTS: dict[str, Callable[..., Any]] = {
     "reflexion": build_reflexion,
     "retry": build_retry,
+    "retry-feedback": build_retry_feedback,
     "search": build_search_agent,
     "debate": build_debate,
     "team": build_team_agent,
@@ -56,6 +60,15 @@ AGENTS: dict[str, Callable[..., Any]] = {
     "embodied-retry": partial(build_embodied_agent, reflect=False, name="embodied-retry"),
 }
 
+#: agents whose episode is one trial whatever ``max_trials`` says
+ONE_TRIAL: frozenset[str] = frozenset({"debate"})
+
+
+def trials_for(agent: str, max_trials: int) -> int:
+    """The trials an episode of ``agent`` runs when none succeeds (what a finished one holds)."""
+    return 1 if agent in ONE_TRIAL else max_trials
+
+
 #: agents that act over many steps in multi-step envs (ScienceWorld, TextWorld)
 EMBODIED: frozenset[str] = frozenset({"embodied", "embodied-plan", "embodied-retry"})
 
@@ -63,8 +76,10 @@ EMBODIED: frozenset[str] = frozenset({"embodied", "embodied-plan", "embodied-ret
 USES_MEMORY: frozenset[str] = frozenset({"reflexion", "team", *EMBODIED})
 
 AGENT_DESCRIPTIONS: dict[str, str] = {
-    "reflexion": "act, evaluate, self-reflect on failure, retry with the reflections (Shinn et al. 2023)",
-    "retry": "the same loop without reflection: the resampling baseline for reflexion",
+    "reflexion": "act, evaluate, self-reflect on failure, retry seeing the last attempt, its feedback and "
+    "the reflections (Shinn et al. 2023)",
+    "retry-feedback": "reflexion's ablation: retry seeing the last attempt and its feedback, no reflection",
+    "retry": "retry blind (no feedback, no reflection): the resampling baseline",
     "search": "PRM-guided search per task (beam, DVTS, best-of-N, MCTS, LATS, ...; --algorithm, --prm)",
     "debate": "multi-agent debate: --agents N answer, read each other's answers for --rounds R, "
     "then --aggregator majority|judge decides (Du et al. 2023)",

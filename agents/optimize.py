@@ -292,11 +292,15 @@ def optimize_prompt(
     agent_kw: dict[str, Any] | None = None,
     params: SamplingParams | None = None,
 ) -> OptimizeResult:
-    """Optimise the actor's system instruction of ``agent`` (``reflexion`` or ``retry``) from textual feedback."""
+    """Optimise the actor's system instruction of ``agent`` (``reflexion``, ``retry-feedback`` or
+    ``retry``) from textual feedback."""
     from ponder.agents import AGENTS
+    from ponder.config import SINGLE_ANSWER_LOOPS
 
-    if agent not in ("reflexion", "retry"):
-        raise ConfigError(f"prompt optimisation edits the reflexion/retry actor's instruction, not {agent!r}")
+    if agent not in SINGLE_ANSWER_LOOPS:
+        raise ConfigError(
+            f"prompt optimisation edits the actor's instruction of {', '.join(SINGLE_ANSWER_LOOPS)}, not {agent!r}"
+        )
     if not dev:
         raise ConfigError("prompt optimisation needs dev tasks; pass --dev N")
     budget = budget or TokenBudget()

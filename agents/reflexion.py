@@ -1,16 +1,23 @@
-"""Reflexion and its baseline, plain retry, as LangGraph graphs.
+"""Reflexion and its two baselines as LangGraph graphs.
 
 Reflexion (Shinn et al. 2023): the actor attempts the task, the environment grades the
-attempt, and on failure the model writes a short self-reflection that the next attempt
-sees. ``build_retry`` is the same loop without reflection: the baseline that tells how
-much of Reflexion's gain is only resampling.
+attempt, and on failure the model writes a short self-reflection; the next attempt sees the
+previous attempt, its feedback and the reflections. The baselines isolate the method, as the
+paper's ablation does:
+
+- ``build_retry_feedback`` (``retry-feedback``): the same loop, the previous attempt and its
+  feedback shown, no reflection; what reflection adds is Reflexion minus this;
+- ``build_retry`` (``retry``): no feedback at all, resampling only.
+
+All three stop on the env's success signal (for HumanEval: the visible tests, never the
+hidden ones) and spend the same trials.
 
 ::
 
     observe -> act -> evaluate --success or last trial--> END
                 ^         |
                 |         +--(reflexion)--> reflect --+
-                +---------+--(retry)------------------+
+                +---------+--(retry, retry-feedback)--+
 
 Example:
     >>> from ponder.agents import AgentContext, build_reflexion
@@ -41,7 +48,14 @@ from ponder.agents.state import AgentContext, EpisodeState, grade, start_single_
 from ponder.errors import ConfigError
 from ponder.models.types import Policy, SamplingParams
 
-__all__ = ["build_reflexion", "build_retry", "evaluate_attempt", "route_after_evaluate", "trial_seed"]
+__all__ = [
+    "build_reflexion",
+    "build_retry",
+    "build_retry_feedback",
+    "evaluate_attempt",
+    "route_after_evaluate",
+    "trial_seed",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +77,8 @@ def route_after_evaluate(
 
 def evaluate_attempt(state: EpisodeState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     """Grade ``state["attempt"]`` in the env and append the trial (a graph node)."""
+    if state.get("agent_tests"):  # a resumed episode has a new env: give it the tests again
+        runtime.context.env.set_agent_tests(state["task_id"], state["agent_tests"])
     p_tok, c_tok = state.get("attempt_tokens", (0, 0))
     trial = len(state.get("trials", []))
     record: Any = grade(
@@ -80,6 +96,7 @@ def _build(
     policy: Policy,
     *,
     reflect: bool,
+    show_feedback: bool,
     memory: Any = None,
     max_trials: int = 3,
     prompts: ReflexionPrompts | None = None,
@@ -88,11 +105,14 @@ def _build(
     memory_modes: str | Sequence[str] = (),
     memory_k: int = 3,
     actor_search: Any = None,
+    agent_tests: int = 0,
     checkpointer: Any = None,
     name: str,
 ) -> Any:
     if max_trials < 1:
         raise ConfigError(f"max_trials must be >= 1, got {max_trials}")
+    if agent_tests < 0:
+        raise ConfigError(f"agent_tests must be >= 0, got {agent_tests}")
     prompts = prompts or ReflexionPrompts()
     params = params or SamplingParams(max_tokens=128, temperature=0.7)
     reflect_params = reflect_params or SamplingParams(max_tokens=64, temperature=params.temperature)
@@ -112,16 +132,33 @@ def _build(
         task_id = state["task_id"]
         start = start_single_step(runtime.context, task_id, name)
         recalled = mem.recall(task_id, start["task_text"], runtime.context) if mem is not None else {}
-        return {**start, "success": False, **recalled}
+        out = {**start, "success": False, **recalled}
+        env = runtime.context.env
+        if agent_tests and hasattr(env, "set_agent_tests"):  # Reflexion writes its own unit tests
+            seed = trial_seed(runtime.context.seed + 3, task_id, 0)
+            prompt = prompts.write_tests(start["observation"], agent_tests)
+            c = policy.generate(
+                [prompt], dataclasses.replace(reflect_params, n=1, seed=seed, max_tokens=256)
+            )[0][0]
+            written = env.set_agent_tests(task_id, c.text)
+            out |= {
+                "agent_tests": "\n".join(f"assert {t.call} == {t.expected}" for t in written),
+                "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": c.completion_tokens,
+            }
+        return out
 
     def act(state: EpisodeState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-        trial = len(state.get("trials", []))
+        trials = state.get("trials", [])
+        trial, last = len(trials), (trials[-1] if trials and show_feedback else None)
         prompt = prompts.actor(
             state["observation"],
             state.get("reflections", []),
             state.get("memory_notes", []),
             exemplars=[*state.get("examples", []), *state.get("exemplars", [])],
             insights=state.get("insights", []),
+            last_attempt=None if last is None else last["action"],
+            last_feedback=None if last is None else last["feedback"],
         )
         seed = trial_seed(runtime.context.seed, state["task_id"], trial)
         if actor_search is not None:
@@ -206,16 +243,40 @@ def build_reflexion(policy: Policy, *, memory: Any = None, max_trials: int = 3, 
         **kw: ``prompts`` (``ReflexionPrompts``), ``params`` / ``reflect_params``
             (``SamplingParams``), ``memory_k`` (reflections recalled), ``memory_modes``,
             ``actor_search`` (a ``ponder.agents.search_agent.SearchActor``: each attempt is a
-            PRM-guided search on the reflection-augmented prompt), ``checkpointer``.
+            PRM-guided search on the reflection-augmented prompt), ``agent_tests`` (unit
+            tests the model writes for itself first, in envs that run them: HumanEval),
+            ``checkpointer``.
 
     Invoke with ``{"task_id": ...}`` and ``context=AgentContext(env=...)``.
     """
-    return _build(policy, reflect=True, memory=memory, max_trials=max_trials, name="reflexion", **kw)
+    return _build(
+        policy, reflect=True, show_feedback=True, memory=memory, max_trials=max_trials, name="reflexion", **kw
+    )
 
 
 def build_retry(policy: Policy, *, memory: Any = None, max_trials: int = 3, **kw: Any) -> Any:
-    """The baseline: the same loop as ``build_reflexion`` with no reflection (resampling only).
+    """The baseline with no feedback: the loop of ``build_reflexion`` resampling blind (no
+    previous attempt, no feedback, no reflection). Stops on success like the others.
 
     ``memory`` is accepted for a uniform signature and not used.
     """
-    return _build(policy, reflect=False, memory=None, max_trials=max_trials, name="retry", **kw)
+    return _build(
+        policy, reflect=False, show_feedback=False, memory=None, max_trials=max_trials, name="retry", **kw
+    )
+
+
+def build_retry_feedback(policy: Policy, *, memory: Any = None, max_trials: int = 3, **kw: Any) -> Any:
+    """Reflexion's ablation: each attempt sees the previous attempt and its feedback, and no
+    reflection is written. Reflexion minus this is what self-reflection adds.
+
+    ``memory`` is accepted for a uniform signature and not used.
+    """
+    return _build(
+        policy,
+        reflect=False,
+        show_feedback=True,
+        memory=None,
+        max_trials=max_trials,
+        name="retry-feedback",
+        **kw,
+    )

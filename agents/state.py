@@ -64,6 +64,8 @@ class EpisodeState(TypedDict, total=False):
     insight_ops: list[str]
     #: an insight update asked for but not yet written to memory (``memory.insights.pending_update``)
     pending_insights: dict[str, Any] | None
+    #: unit tests the model wrote for itself (``assert f(...) == ...`` lines; HumanEval)
+    agent_tests: str
     #: the current attempt, before it is evaluated
     attempt: str
     attempt_tokens: tuple[int, int]

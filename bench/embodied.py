@@ -8,8 +8,9 @@ Three arms on the same tasks, seeds and policy, one after another:
   stored and recalled, CLIN causal lessons written after each trial and recalled by later
   trials and later tasks (tasks run one after another, so later tasks can use earlier ones).
 
-Writes a run directory per arm and ``OUT/compare/`` (``report.md``: success and score by
-trial; ``score_by_trial.png``).
+Writes a run directory per arm and ``OUT/compare/`` (``report.md``: success with 95 % Wilson
+intervals and score by trial, exact McNemar tests on success and a paired bootstrap on the best
+score of each arm against each other; ``score_by_trial.png``).
 
     .venv/bin/python bench/embodied.py --env textworld --env-arg level=1 --tasks 6
     .venv/bin/python bench/embodied.py --env scienceworld --task boil --task find-plant \\
@@ -30,6 +31,7 @@ from ponder.config import RunConfig
 from ponder.models.factory import make_policy
 from ponder.report import compare_runs
 from ponder.runner import run
+from ponder.stats import format_rate
 
 ARMS = {
     "off": {"agent": "embodied-retry", "memory_modes": ()},
@@ -85,13 +87,7 @@ def main() -> None:
         )
         t0 = time.perf_counter()
         result = run(cfg, policy=policy, progress=False)
-        s = result.summary
-        print(
-            f"{arm:>15}: success by trial {s['success_by_trial']}  score by trial {s.get('score_by_trial')}  "
-            f"steps to success {s.get('mean_steps_to_success')}  tokens {s['completion_tokens']}  "
-            f"({time.perf_counter() - t0:.0f} s)",
-            flush=True,
-        )
+        print(arm_line(arm, result.summary, time.perf_counter() - t0), flush=True)
         dirs.append(result.run_dir)
     summaries, report, _plot = compare_runs(dirs, out / "compare")
     text = report.read_text()
@@ -109,6 +105,20 @@ def main() -> None:
         json.dumps({"args": vars(args), "summaries": summaries}, indent=1)
     )
     print(f"report: {report}  plot: {out / 'compare' / 'score_by_trial.png'}")
+
+
+def arm_line(arm: str, s: dict[str, Any], seconds: float) -> str:
+    """One arm's progress line: success (95 % Wilson interval) overall and by trial, scores, steps.
+
+    ``s`` is the run's summary (``ponder.report.summarize``).
+    """
+    n = s["episodes"]
+    by_trial = " / ".join(format_rate(k, n) for k in s["solved_by_trial"])
+    return (
+        f"{arm:>15}: success {format_rate(s['successes'], n)}  by trial {by_trial}  "
+        f"score by trial {s.get('score_by_trial')}  steps to success {s.get('mean_steps_to_success')}  "
+        f"tokens {s['completion_tokens']}  ({seconds:.0f} s)"
+    )
 
 
 if __name__ == "__main__":

@@ -18,12 +18,15 @@ import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from ponder.config import RunConfig
 from ponder.memory import MemoryStore
 from ponder.memory.insights import InsightBook
 from ponder.models.factory import make_policy
+from ponder.paired import format_p, versus
 from ponder.runner import run
+from ponder.stats import format_rate, wilson_interval
 
 ARMS = {
     "off": (),
@@ -48,7 +51,7 @@ def main() -> None:
     out = Path(args.out)
     levels = [int(x) for x in args.levels.split(",")]
     policy = make_policy(args.policy, model=args.model, base_url=args.base_url)
-    rows = {}
+    rows, episodes = {}, {}
     for arm in args.arms.split(","):
         shutil.rmtree(out / arm, ignore_errors=True)
         cfg = RunConfig(
@@ -69,34 +72,11 @@ def main() -> None:
         )
         t0 = time.perf_counter()
         result = run(cfg, policy=policy, progress=True)
-        eps = sorted(result.episodes, key=lambda e: _order(e["task_id"], levels))
-        half = len(eps) // 2
-        by_level = defaultdict(list)
-        for e in eps:
-            by_level[e["task_id"].split("/")[1]].append(e["success"])
-        rows[arm] = {
-            "success": _rate([e["success"] for e in eps]),
-            "first_half": _rate([e["success"] for e in eps[:half]]),
-            "second_half": _rate([e["success"] for e in eps[half:]]),
-            "by_level": {lv: _rate(v) for lv, v in sorted(by_level.items())},
-            "completion_tokens": sum(e["completion_tokens"] for e in eps),
-            "seconds": round(time.perf_counter() - t0, 1),
-        }
+        episodes[arm] = result.episodes
+        rows[arm] = arm_row(result.episodes, levels, seconds=time.perf_counter() - t0)
         print(arm, json.dumps(rows[arm]), flush=True)
 
-    lines = [
-        "| arm | success | first half | second half | "
-        + " | ".join(rows[next(iter(rows))]["by_level"])
-        + " | completion tokens | seconds |"
-    ]
-    lines.append("|" + "---|" * (6 + len(levels)))
-    for arm, r in rows.items():
-        lv = " | ".join(f"{v:.0%}" for v in r["by_level"].values())
-        lines.append(
-            f"| {arm} | {r['success']:.1%} | {r['first_half']:.1%} | {r['second_half']:.1%} | {lv} | "
-            f"{r['completion_tokens']} | {r['seconds']} |"
-        )
-    table = "\n".join(lines)
+    table = table_text(rows, episodes)
     insights = ""
     if "all" in rows:
         with MemoryStore.open(out / "all" / "memory", mode="r") as store:
@@ -113,8 +93,60 @@ def main() -> None:
     print(report)
 
 
-def _rate(xs: list[bool]) -> float:
-    return round(sum(xs) / len(xs), 4) if xs else 0.0
+def arm_row(eps: list[dict[str, Any]], levels: list[int], seconds: float) -> dict[str, Any]:
+    """One arm's numbers: success overall, on each half of the stream and by level, each with
+    its 95 % Wilson interval (``*_ci95``) and its counts (``counts``: ``[solved, tasks]``)."""
+    eps = sorted(eps, key=lambda e: _order(e["task_id"], levels))
+    half = len(eps) // 2
+    by_level = defaultdict(list)
+    for e in eps:
+        by_level[e["task_id"].split("/")[1]].append(e)
+    groups = {"success": eps, "first_half": eps[:half], "second_half": eps[half:]}
+    counts = {g: _count(v) for g, v in groups.items()}
+    level_counts = {lv: _count(v) for lv, v in sorted(by_level.items())}
+    return {
+        **{g: _rate(*c) for g, c in counts.items()},
+        **{f"{g}_ci95": _ci(*c) for g, c in counts.items()},
+        "by_level": {lv: _rate(*c) for lv, c in level_counts.items()},
+        "by_level_ci95": {lv: _ci(*c) for lv, c in level_counts.items()},
+        "counts": {**counts, **level_counts},
+        "completion_tokens": sum(e["completion_tokens"] for e in eps),
+        "seconds": round(seconds, 1),
+    }
+
+
+def table_text(rows: dict[str, dict[str, Any]], episodes: dict[str, list[dict[str, Any]]]) -> str:
+    """Markdown: every success rate with its 95 % interval, and the exact McNemar test of each
+    arm against ``off`` (else the first arm) on the tasks both ran."""
+    base = "off" if "off" in rows else next(iter(rows))
+    level_names = list(rows[next(iter(rows))]["by_level"])
+    head = ["arm", "success", f"only arm / only {base}", "p (McNemar)", "first half", "second half"]
+    head += [*level_names, "completion tokens", "seconds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm, r in rows.items():
+        c = r["counts"]
+        if arm == base:
+            test = ["baseline", ""]
+        else:
+            m = versus(episodes[arm], episodes[base])
+            test = [f"{m.only_a} / {m.only_b}", format_p(m.p_value)]
+        cells = [arm, format_rate(*c["success"]), *test]
+        cells += [format_rate(*c[g]) for g in ("first_half", "second_half", *level_names)]
+        cells += [str(r["completion_tokens"]), str(r["seconds"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _count(eps: list[dict[str, Any]]) -> list[int]:
+    return [sum(bool(e["success"]) for e in eps), len(eps)]
+
+
+def _rate(k: int, n: int) -> float:
+    return round(k / n, 4) if n else 0.0
+
+
+def _ci(k: int, n: int) -> list[float]:
+    return [round(x, 4) for x in wilson_interval(k, n)]
 
 
 def _order(task_id: str, levels: list[int]) -> tuple[int, int]:

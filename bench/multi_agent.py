@@ -18,10 +18,13 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 from ponder.config import RunConfig
 from ponder.models.factory import make_policy
+from ponder.paired import format_p, versus
 from ponder.runner import run
+from ponder.stats import format_rate
 
 ARMS = {
     "single": {"agent": "retry"},
@@ -49,7 +52,7 @@ def main() -> None:
 
     levels = [int(x) for x in args.levels.split(",")]
     policy = make_policy(args.policy, model=args.model, base_url=args.base_url)
-    rows = []
+    arms = {}
     for arm in args.arms.split(","):
         cfg = RunConfig(
             env="math",
@@ -70,28 +73,53 @@ def main() -> None:
             **ARMS[arm],
         )
         t0 = time.perf_counter()
-        s = run(cfg, policy=policy, progress=False).summary
-        n = s["episodes"]
-        rows.append(
-            (
-                arm,
-                s["success_rate"],
-                s["completion_tokens"] / n,
-                s["prompt_tokens"] / n,
-                time.perf_counter() - t0,
-            )
+        result = run(cfg, policy=policy, progress=False)
+        arms[arm] = (result.episodes, time.perf_counter() - t0)
+        s = result.summary
+        print(
+            f"{arm:>18}: {format_rate(s['successes'], s['episodes'])}  "
+            f"completion tokens/task {s['completion_tokens_per_episode']:.0f}",
+            flush=True,
         )
-        print(f"{arm:>18}: {s['success_rate']:.1%}  completion tokens/task {rows[-1][2]:.0f}", flush=True)
+    n = len(next(iter(arms.values()))[0])
     lines = [
         f"math levels {args.levels}, {n} tasks, seed {args.seed}, T = {args.temperature}",
         "",
-        "| arm | accuracy | completion tokens / task | prompt tokens / task | seconds |",
-        "|---|---|---|---|---|",
-        *[f"| {a} | {acc:.1%} | {c:.0f} | {p:.0f} | {sec:.0f} |" for a, acc, c, p, sec in rows],
+        *table(arms),
     ]
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def table(arms: dict[str, tuple[list[dict[str, Any]], float]]) -> list[str]:
+    """Markdown lines: each arm's accuracy with its 95 % Wilson interval and, on the tasks both
+    ran, the exact McNemar test against the first arm (the baseline).
+
+    Args:
+        arms: arm name -> (its episodes, its wall seconds); the first arm is the baseline.
+    """
+    base_name, (base, _) = next(iter(arms.items()))
+    lines = [
+        f"| arm | accuracy [95 % CI] | only arm / only {base_name} | p (McNemar) "
+        "| completion tokens / task | prompt tokens / task | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for arm, (eps, seconds) in arms.items():
+        n = len(eps) or 1
+        wins = sum(bool(e["success"]) for e in eps)
+        test = "| baseline | " if arm == base_name else _versus(eps, base)
+        lines.append(
+            f"| {arm} | {format_rate(wins, len(eps))} {test}"
+            f"| {sum(e['completion_tokens'] for e in eps) / n:.0f} "
+            f"| {sum(e['prompt_tokens'] for e in eps) / n:.0f} | {seconds:.0f} |"
+        )
+    return lines
+
+
+def _versus(eps: list[dict[str, Any]], base: list[dict[str, Any]]) -> str:
+    r = versus(eps, base)
+    return f"| {r.only_a} / {r.only_b} | {format_p(r.p_value)} "
 
 
 if __name__ == "__main__":

@@ -6,6 +6,12 @@ always carries ``success`` (bool), ``score`` (float) and ``feedback`` (text an
 evaluator may show the agent, never the answer). Single-step tasks (math, HumanEval)
 terminate after one step.
 
+How much the feedback says is the env's ``feedback`` level (``FEEDBACK_LEVELS``), so a
+comparison of agents can hold it fixed: ``binary`` (right or wrong, the default),
+``directional`` (a hint of which way: "too high", which tests failed, the score) or
+``full`` (what the papers' settings showed: e.g. failing tests with their error messages).
+Each env documents what its levels say.
+
 Example:
     >>> from ponder.environments import make
     >>> env = make("math", level=1, num_tasks=5, seed=0)
@@ -24,11 +30,21 @@ from typing import Any, ClassVar, SupportsFloat
 import gymnasium as gym
 import numpy as np
 
-from ponder.errors import EnvError, UnknownName
+from ponder.errors import ConfigError, EnvError, UnknownName
 
-__all__ = ["AnyText", "StepResult", "TextEnv"]
+__all__ = ["FEEDBACK_LEVELS", "AnyText", "StepResult", "TextEnv", "check_feedback"]
 
 StepResult = tuple[str, SupportsFloat, bool, bool, dict[str, Any]]
+
+FEEDBACK_LEVELS = ("binary", "directional", "full")
+"""How much an env's feedback says, least first."""
+
+
+def check_feedback(level: str) -> str:
+    """``level`` if it is one of ``FEEDBACK_LEVELS``, else a one-line ``ConfigError``."""
+    if level not in FEEDBACK_LEVELS:
+        raise ConfigError(f"feedback must be one of {', '.join(FEEDBACK_LEVELS)}, got {level!r}")
+    return level
 
 
 class AnyText(gym.spaces.Space[str]):
@@ -75,7 +91,10 @@ class TextEnv(gym.Env[str, str]):
     #: drawn apart from the tasks, never one of them.
     fewshot: tuple[tuple[str, str], ...] = ()
 
-    def __init__(self, *, max_steps: int | None = None, render_mode: str | None = None):
+    def __init__(
+        self, *, max_steps: int | None = None, render_mode: str | None = None, feedback: str = "binary"
+    ):
+        self.feedback = check_feedback(feedback)
         self.observation_space = AnyText()
         self.action_space = AnyText()
         self.render_mode = render_mode
@@ -171,6 +190,27 @@ class TextEnv(gym.Env[str, str]):
             return bool(info.get("success")), str(info.get("feedback", ""))
 
         return evaluate
+
+    def outcome_feedback(self, success: bool, score: float) -> str:
+        """What the agent is told when a multi-step trial ends, at this env's feedback level:
+        ``binary`` whether the task was done; ``directional`` and ``full`` the score too (the
+        trajectory itself the agent saw step by step).
+
+        Example:
+            >>> from ponder.environments import make
+            >>> make("toy-rooms").outcome_feedback(False, 50.0)
+            'The task was not completed.'
+            >>> make("toy-rooms", feedback="directional").outcome_feedback(False, 50.0)
+            'The task was not completed. Score 50/100.'
+        """
+        text = "The task was completed." if success else "The task was not completed."
+        return text if self.feedback == "binary" else f"{text} Score {score:.0f}/100."
+
+    def hidden_grade(self, task_id: str, answer: str, seed: int | None = None) -> bool | None:
+        """The final grade of ``answer`` by tests the agent never sees, or None when the env has
+        none (its step verdict is then the grade). The runner calls it after an episode; no
+        agent, prompt or feedback ever sees what it returns (HumanEval's hidden tests)."""
+        return None
 
     def answer_key(self, reply: str) -> str | None:
         """The final answer in ``reply``, normalised so equal answers compare equal (for voting).

@@ -5,6 +5,11 @@ package (``pip install 'ponder[humaneval]'``). An action is Python source: eithe
 whole function (it contains ``def <entry_point>``) or only its body, continuing the
 prompt; markdown code fences are stripped.
 
+What an agent learns comes from *visible* tests only, as in Reflexion: the examples in the
+prompt's docstring and unit tests the model wrote (``set_agent_tests``). A step runs those and
+says what failed, at the env's feedback level. The benchmark's hidden tests grade only the
+final answer (``hidden_grade``, pass@1), which the runner calls after the episode.
+
 Grading (``sandbox.run_judged``; the programs are in ``humaneval_harness.py``): the code
 runs in a candidate process C, a fresh ``python -I -B`` that is given only the code, its
 own working dir, stdin ``/dev/null`` and two pipes. The tests run in a tester process T
@@ -28,8 +33,10 @@ Example:
     >>> env = make("humaneval", task_ids=["HumanEval/53"])
     >>> obs, info = env.reset(options={"task_id": "HumanEval/53"})
     >>> _, reward, done, _, info = env.step("    return x + y\\n")
-    >>> reward, done, info["feedback"]
-    (1.0, True, 'passed all tests')
+    >>> reward, done, info["feedback"]  # the docstring's two examples ran; the hidden tests did not
+    (1.0, True, 'Passed the visible tests.')
+    >>> env.hidden_grade("HumanEval/53", "    return x + y\\n")  # the final grade, for the report
+    True
 """
 
 from __future__ import annotations
@@ -44,6 +51,14 @@ import re
 from typing import Any, ClassVar, Literal
 
 from ponder.environments.base import StepResult, TextEnv
+from ponder.environments.humaneval_tests import (
+    VisibleTest,
+    agent_tests,
+    check_source,
+    docstring_tests,
+    feedback_text,
+    results,
+)
 from ponder.environments.sandbox import namespaces_problem, run_judged
 from ponder.errors import ConfigError, DependencyNotInstalled, SandboxError
 
@@ -52,7 +67,8 @@ __all__ = ["HumanEvalEnv", "build_program", "extract_code", "load_problems"]
 log = logging.getLogger(__name__)
 
 INSTRUCTION = (
-    "Complete this Python function. Reply with the whole function or only its body; hidden tests will run it."
+    "Complete this Python function. Reply with the whole function or only its body; "
+    "the examples in its docstring will be run, and hidden tests grade it at the end."
 )
 _FEEDBACK_CHARS = 1000
 _HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "humaneval_harness.py")
@@ -100,7 +116,14 @@ def build_program(problem: dict[str, Any], action: str) -> str:
 
 
 class HumanEvalEnv(TextEnv):
-    """One HumanEval problem per episode; the single action is the code, graded by the tests.
+    """One HumanEval problem per episode; the single action is the code.
+
+    A step runs the code against the *visible* tests only: the examples in the prompt's
+    docstring (``humaneval_tests.docstring_tests``; 138 of the 164 prompts have some) plus the
+    tests the agent wrote (``set_agent_tests``). Their verdict is ``info["success"]`` (what an
+    agent may stop on) and their failures are the feedback. The benchmark's hidden tests never
+    reach a step, its feedback or its output: ``hidden_grade`` runs them on a final answer, for
+    the runner's report (pass@1), after the episode.
 
     Args:
         timeout: wall-clock seconds for one grading run.
@@ -109,10 +132,12 @@ class HumanEvalEnv(TextEnv):
         isolation: ``"auto"`` or ``"namespaces"`` (grading needs the namespace sandbox and
             raises ``SandboxError`` at ``step`` without it), or ``"rlimits"`` to grade without
             it, accepting that the code can reach the hidden tests (see the module docstring).
+        feedback: ``binary`` (passed or failed the visible tests, the default), ``directional``
+            (which visible calls failed) or ``full`` (each failing call with what it returned or
+            raised and what was expected, and errors in loading the code: Reflexion's setting).
 
-    ``info`` after a step has ``success``, ``score``, ``feedback`` (the failing assertion,
-    exception or timeout; never the whole test), ``stdout``/``stderr`` excerpts and
-    ``isolation``.
+    ``info`` after a step has ``success``, ``score``, ``feedback``, ``visible_tests`` (how
+    many ran), ``stdout``/``stderr`` excerpts and ``isolation``.
     """
 
     name: ClassVar[str] = "humaneval"
@@ -127,8 +152,9 @@ class HumanEvalEnv(TextEnv):
         isolation: Literal["auto", "namespaces", "rlimits"] = "auto",
         max_steps: int | None = None,
         render_mode: str | None = None,
+        feedback: str = "binary",
     ):
-        super().__init__(max_steps=max_steps, render_mode=render_mode)
+        super().__init__(max_steps=max_steps, render_mode=render_mode, feedback=feedback)
         self._problems = load_problems()
         ids = list(self._problems)
         if task_ids is not None:
@@ -146,6 +172,7 @@ class HumanEvalEnv(TextEnv):
         if isolation == "rlimits":
             _warn_rlimits()
         self.timeout, self.memory_mb, self.isolation = float(timeout), int(memory_mb), isolation
+        self._agent_tests: dict[str, list[VisibleTest]] = {}
 
     def task_ids(self) -> list[str]:
         return list(self._ids)
@@ -154,9 +181,63 @@ class HumanEvalEnv(TextEnv):
         problem = self._problems[task_id]
         return f"{INSTRUCTION}\n\n{problem['prompt']}", {"entry_point": problem["entry_point"]}
 
+    # --- the tests an agent may see ----------------------------------------------------------
+    def set_agent_tests(self, task_id: str, text: str) -> list[VisibleTest]:
+        """Add the tests a model wrote for ``task_id`` (``assert f(...) == ...`` lines) to its
+        visible tests, for every later step on that task; returns those that could be read."""
+        tests = agent_tests(text, self._problems[task_id]["entry_point"])
+        self._agent_tests[task_id] = tests
+        return tests
+
+    def visible_tests(self, task_id: str) -> list[VisibleTest]:
+        """The docstring's examples, then the agent's own tests."""
+        p = self._problems[task_id]
+        return list(
+            dict.fromkeys(
+                [*docstring_tests(p["prompt"], p["entry_point"]), *self._agent_tests.get(task_id, [])]
+            )
+        )
+
     def _step(self, action: str) -> StepResult:
         assert self.task_id is not None
-        problem = self._problems[self.task_id]
+        problem, tests = self._problems[self.task_id], self.visible_tests(self.task_id)
+        r, verdict = self._grade(problem, action, check_source(tests, problem["entry_point"]))
+        passed = verdict.get("passed") is True and not r.killed  # a flood or timeout fails, even if late
+        failures = results(str(verdict.get("feedback", "")))
+        if passed:
+            feedback = feedback_text([], len(tests), self.feedback)
+            if not tests:
+                feedback = "No visible tests for this task: the code loads and defines the function."
+        elif failures is not None:
+            feedback = feedback_text(failures, len(tests), self.feedback)
+        elif self.feedback == "binary":
+            feedback = feedback_text([{}], len(tests), "binary")
+        else:
+            feedback = _failure(r, verdict, self.timeout, self.memory_mb)
+        info = {
+            "success": passed,
+            "feedback": _clip(feedback),
+            "visible_tests": len(tests),
+            "stdout": _clip(r.stdout),
+            "stderr": _clip(r.stderr),
+            "isolation": r.isolation,
+            "timed_out": r.timed_out,
+        }
+        return info["feedback"], 1.0 if passed else 0.0, True, False, info
+
+    def hidden_grade(self, task_id: str, answer: str, seed: int | None = None) -> bool:
+        """Whether ``answer`` passes the benchmark's hidden tests (pass@1). Only the runner calls
+        this, after the episode; nothing of the tests or of this run is returned but the verdict."""
+        return self.hidden_run(task_id, answer)[1]
+
+    def hidden_run(self, task_id: str, answer: str) -> tuple[Any, bool]:
+        """``hidden_grade`` with the sandbox's result (output, isolation), for tests of the
+        sandbox; never for an agent."""
+        problem = self._problems[task_id]
+        r, verdict = self._grade(problem, answer, problem["test"])
+        return r, verdict.get("passed") is True and not r.killed
+
+    def _grade(self, problem: dict[str, Any], action: str, test: str) -> tuple[Any, dict[str, Any]]:
         if self.isolation == "auto" and namespaces_problem():
             raise SandboxError(
                 f"HumanEval grading needs the namespace sandbox ({namespaces_problem()}): without it the "
@@ -164,7 +245,7 @@ class HumanEvalEnv(TextEnv):
                 "isolation='rlimits' to accept that"
             )
         entry, harness = problem["entry_point"], _harness()
-        task = {"prompt": problem["prompt"], "test": problem["test"], "entry": entry}
+        task = {"prompt": problem["prompt"], "test": test, "entry": entry}
         r = run_judged(
             f"{harness}\nserve({build_program(problem, action)!r}, {entry!r})\n",
             f"{harness}\njudge()\n",
@@ -174,30 +255,22 @@ class HumanEvalEnv(TextEnv):
             isolation=self.isolation,
             hide=_data_paths(),
         )
-        verdict = _parse(r.verdict)
-        success = verdict.get("passed") is True and not r.killed  # a flood or timeout fails, even if late
-        if r.timed_out:
-            feedback = f"timed out after {self.timeout:g} s: an infinite loop, or too slow"
-        elif r.killed and r.output_truncated:
-            feedback = "killed: the code printed too much output"
-        elif verdict:
-            feedback = str(verdict.get("feedback", ""))
-        elif r.oom:
-            feedback = f"ran out of memory (limit {self.memory_mb} MB)"
-        elif r.killed:
-            feedback = f"the program was killed (signal {-(r.returncode or 0)})"
-        else:
-            feedback = f"the grader ended without a verdict (exit status {r.returncode})"
-        info = {
-            "success": success,
-            "feedback": _clip(feedback),
-            "stdout": _clip(r.stdout),
-            "stderr": _clip(r.stderr),
-            "isolation": r.isolation,
-            "timed_out": r.timed_out,
-            "duration": r.duration,
-        }
-        return info["feedback"], 1.0 if success else 0.0, True, False, info
+        return r, _parse(r.verdict)
+
+
+def _failure(r: Any, verdict: dict[str, Any], timeout: float, memory_mb: int) -> str:
+    """Why the visible tests did not run to the end (the code did not load, crashed, hung)."""
+    if r.timed_out:
+        return f"timed out after {timeout:g} s: an infinite loop, or too slow"
+    if r.killed and r.output_truncated:
+        return "killed: the code printed too much output"
+    if verdict:
+        return str(verdict.get("feedback", ""))
+    if r.oom:
+        return f"ran out of memory (limit {memory_mb} MB)"
+    if r.killed:
+        return f"the program was killed (signal {-(r.returncode or 0)})"
+    return f"the grader ended without a verdict (exit status {r.returncode})"
 
 
 @functools.lru_cache(maxsize=1)

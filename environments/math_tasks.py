@@ -195,13 +195,26 @@ def parse_answer(text: str) -> Fraction | None:
     return _to_fraction(numbers[-1]) if numbers else None
 
 
-def feedback_for(reply: str, answer: Fraction) -> tuple[bool, str]:
-    """Grade ``reply``; return (success, feedback that does not reveal the answer)."""
+def feedback_for(reply: str, answer: Fraction, level: str = "directional") -> tuple[bool, str]:
+    """Grade ``reply``; return (success, feedback that does not reveal the answer).
+
+    ``binary`` says right or wrong; ``directional`` (and ``full``: arithmetic has nothing more
+    to show without giving the answer away) also says whether no answer was found or which way
+    the answer is off.
+
+    Example:
+        >>> feedback_for("Answer: 7", Fraction(5), "binary")
+        (False, 'Wrong.')
+        >>> feedback_for("Answer: 7", Fraction(5))[1]
+        'The final answer 7 is wrong (too high). Recheck each operation step by step.'
+    """
     got = parse_answer(reply)
-    if got is None:
-        return False, "No final answer was found. End the reply with a line 'Answer: <number>'."
     if got == answer:
         return True, "Correct."
+    if level == "binary":
+        return False, "Wrong."
+    if got is None:
+        return False, "No final answer was found. End the reply with a line 'Answer: <number>'."
     direction = "too high" if got > answer else "too low"
     return False, f"The final answer {_fmt(got)} is wrong ({direction}). Recheck each operation step by step."
 
@@ -219,6 +232,8 @@ class MathEnv(TextEnv):
         level: 1-5, or a list of levels to mix.
         num_tasks: tasks per level.
         seed: selects the task list (the same seed gives the same tasks).
+        feedback: ``binary`` ("Correct." / "Wrong.", the default), ``directional`` (no answer
+            found, or too high / too low) or ``full`` (the same as directional).
     """
 
     name = "math"
@@ -278,7 +293,7 @@ class MathEnv(TextEnv):
 
     def _step(self, action: str) -> StepResult:
         task = self.tasks[self.task_id or ""]
-        ok, feedback = feedback_for(action, task.answer)
+        ok, feedback = feedback_for(action, task.answer, self.feedback)
         got = parse_answer(action)
         info = {"success": ok, "feedback": feedback, "parsed_answer": None if got is None else _fmt(got)}
         return feedback, 1.0 if ok else 0.0, True, False, info

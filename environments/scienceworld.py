@@ -236,8 +236,9 @@ class ScienceWorldEnv(TextEnv):
         max_steps: int | None = 100,
         jar_path: str | None = None,
         render_mode: str | None = None,
+        feedback: str = "binary",
     ):
-        super().__init__(max_steps=max_steps, render_mode=render_mode)
+        super().__init__(max_steps=max_steps, render_mode=render_mode, feedback=feedback)
         if split not in SPLITS:
             raise ConfigError(f"ScienceWorld split must be one of {', '.join(SPLITS)}, got {split!r}")
         if variations is not None and (isinstance(variations, bool) or int(variations) < 1):

@@ -4,7 +4,7 @@
 
     ponder run --agent reflexion --env math --tasks 20 --trials 3 --concurrency 4
     ponder run --name my-run --resume          # continue a killed run
-    ponder demo                                # reflexion vs retry on the embedded defaults
+    ponder demo                                # reflexion vs retry-feedback vs retry, embedded defaults
     ponder report runs/a runs/b --out runs/compare
     ponder memory ls --memory runs/my-run --kind reflection
     ponder envs | ponder agents
@@ -61,6 +61,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         action="append",
         help="a task name for envs that have named tasks, e.g. --task boil (ScienceWorld; repeatable)",
     )
+    p.add_argument(
+        "--feedback",
+        choices=["binary", "directional", "full"],
+        help="how much the env's feedback says: binary (right/wrong, default), directional, full",
+    )
     p.add_argument("--tasks", type=int, help="number of tasks (default 20)")
     p.add_argument("--trials", type=int, help="attempts per task (default 3)")
     p.add_argument("--concurrency", type=int, help="episodes at once (default 4)")
@@ -109,6 +114,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     e = p.add_argument_group("embodied agents (--agent embodied, embodied-plan, embodied-retry)")
     e.add_argument("--env-steps", type=int, help="actions per trial at most (default 30)")
+    p.add_argument(
+        "--agent-tests",
+        type=int,
+        help="unit tests the model writes for itself first (reflexion/retry on HumanEval; default 0)",
+    )
     p.add_argument("--script", action="append", help="a reply of the scripted policy (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run directory NAME")
     p.add_argument("--no-progress", action="store_true")
@@ -121,6 +131,8 @@ def _config_from_args(a: argparse.Namespace) -> Any:
     flags = {
         "agent": a.agent,
         "env": a.env,
+        "feedback": a.feedback,
+        "agent_tests": a.agent_tests,
         "tasks": a.tasks,
         "trials": a.trials,
         "concurrency": a.concurrency,
@@ -199,6 +211,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     base = RunConfig(
         env="math",
         env_kwargs={"level": a.level},
+        feedback=a.feedback,
         tasks=a.tasks,
         trials=a.trials,
         concurrency=a.concurrency,
@@ -213,14 +226,18 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
     policy = make_policy(base.policy, model=base.model, base_url=base.base_url)
     results = []
-    for agent in ("reflexion", "retry"):
+    for agent in ("reflexion", "retry-feedback", "retry"):  # the method and the baselines that isolate it
         console.rule(f"[bold]{agent}")
-        cfg = base.replace(agent=agent, name=f"demo-{agent}")
+        # the feedback level in the name: a demo run at another level is another run, not a resume
+        cfg = base.replace(agent=agent, name=f"demo-{agent}-{base.feedback}")
         results.append(run(cfg, policy=policy, progress=not a.no_progress))
         _print_result(results[-1])
     _summaries, report, plot = compare_runs([r.run_dir for r in results], Path(a.runs_dir) / "demo-compare")
-    console.rule("[bold]reflexion vs retry (same tasks, same seeds)")
-    console.print(report.read_text())
+    console.rule(
+        f"[bold]reflexion vs retry-feedback vs retry ({base.feedback} feedback; same tasks, same seeds)"
+    )
+    # the report is markdown: no Rich markup, and long table rows kept whole
+    console.print(report.read_text(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"comparison report  {report}")
     console.print(f"comparison plot    {plot}")
     console.print(f"reflections memory {results[0].run_dir / 'memory'}", soft_wrap=True)
@@ -236,7 +253,8 @@ def cmd_report(a: argparse.Namespace) -> int:
 
     out = a.out or str(Path(a.runs[0]).parent / "compare")
     _, report, plot = compare_runs(a.runs, out)
-    console.print(report.read_text())
+    # the report is markdown: no Rich markup, and long table rows kept whole
+    console.print(report.read_text(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"report {report}\nplot   {plot}")
     return 0
 
@@ -304,10 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(r)
     r.set_defaults(fn=cmd_run)
 
-    d = sub.add_parser("demo", help="reflexion vs retry on seeded math tasks, with the embedded model")
+    d = sub.add_parser(
+        "demo", help="reflexion vs retry-feedback vs retry on seeded math tasks, with the embedded model"
+    )
     d.add_argument("--tasks", type=int, default=20)
     d.add_argument("--trials", type=int, default=3)
     d.add_argument("--level", type=int, default=2)
+    d.add_argument("--feedback", default="binary", choices=["binary", "directional", "full"])
     d.add_argument("--concurrency", type=int, default=1)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--policy", default="local", choices=["local", "openai"])

@@ -21,9 +21,12 @@ import yaml
 
 from ponder.errors import ConfigError
 
-__all__ = ["RunConfig", "load_yaml"]
+__all__ = ["SINGLE_ANSWER_LOOPS", "RunConfig", "load_yaml"]
 
 PolicyKind = Literal["local", "openai", "scripted"]
+
+#: the Reflexion loop and its baselines: one answer per trial, graded by the env
+SINGLE_ANSWER_LOOPS = ("reflexion", "retry-feedback", "retry")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,9 @@ class RunConfig:
         agent: agent name (``ponder agents`` lists them).
         env: env name (``ponder envs`` lists them).
         env_kwargs: options for the env factory, e.g. ``{"level": 2}``.
+        feedback: how much the env's feedback says (``binary``: right or wrong; ``directional``:
+            which way, which tests; ``full``: what the papers' settings showed). Every agent of
+            a comparison should run at the same level.
         tasks: how many tasks (the first N of the env's task list).
         trials: attempts per task.
         concurrency: episodes run at once.
@@ -72,6 +78,9 @@ class RunConfig:
         rounds: debate rounds, the first (independent answers) included.
         aggregator: how a debate decides: ``majority`` or ``judge``.
         topology: the ``team`` agent's topology: chain, star, mesh, layered or random.
+        agent_tests: unit tests the model writes for itself before its first attempt (reflexion,
+            retry, retry-feedback on HumanEval, as Reflexion does); they join the docstring's
+            examples as the visible tests its feedback and stopping come from.
         run_id: the id episodes and memory records carry (provenance, record ids). Set to the
             run's name when the run is created and kept when its directory is moved or copied,
             so a resumed node rewrites the records it wrote before instead of adding new ones.
@@ -81,6 +90,7 @@ class RunConfig:
     agent: str = "reflexion"
     env: str = "math"
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    feedback: str = "binary"
     tasks: int = 20
     trials: int = 3
     concurrency: int = 4
@@ -113,6 +123,7 @@ class RunConfig:
     rounds: int = 2
     aggregator: str = "majority"
     topology: str = "star"
+    agent_tests: int = 0
     run_id: str | None = None
 
     def __post_init__(self) -> None:
@@ -152,15 +163,33 @@ class RunConfig:
             raise ConfigError("search_options must be a mapping, e.g. {beam_width: 4}")
         if self.search_tokens is not None and self.search_tokens < 1:
             raise ConfigError(f"search_tokens must be >= 1, got {self.search_tokens}")
-        if self.actor_search and self.agent not in ("reflexion", "retry"):
+        from ponder.environments.base import check_feedback
+
+        check_feedback(self.feedback)
+        if "feedback" in self.env_kwargs:
             raise ConfigError(
-                f"actor_search applies to the reflexion and retry agents, not {self.agent!r}; "
+                "set the feedback level with --feedback (feedback: in YAML), not as an env option"
+            )
+        if self.agent_tests < 0:
+            raise ConfigError(f"agent_tests must be >= 0, got {self.agent_tests}")
+        if self.agent_tests and self.agent not in SINGLE_ANSWER_LOOPS:
+            raise ConfigError(f"agent_tests applies to {', '.join(SINGLE_ANSWER_LOOPS)}, not {self.agent!r}")
+        if self.actor_search and self.agent not in SINGLE_ANSWER_LOOPS:
+            raise ConfigError(
+                f"actor_search applies to {', '.join(SINGLE_ANSWER_LOOPS)}, not {self.agent!r}; "
                 "use --agent search --algorithm NAME to search alone"
             )
         object.__setattr__(self, "script", tuple(self.script))
         from ponder.agents.memory_nodes import parse_memory_modes
 
         object.__setattr__(self, "memory_modes", parse_memory_modes(self.memory_modes))
+
+    @property
+    def oracle(self) -> bool:
+        """Whether the run reads gold answers beyond the env's feedback: the env's verifier as a
+        PRM (``prm: verifier``) or as MCTS's terminal reward (``use_env_reward``). Saved in
+        config.yaml, and every episode, report and plot of such a run says "oracle"."""
+        return self.prm == "verifier" or bool(self.search_options.get("use_env_reward"))
 
     @property
     def run_name(self) -> str:
@@ -181,10 +210,12 @@ class RunConfig:
         d = dataclasses.asdict(self)
         d["script"] = list(self.script)
         d["memory_modes"] = list(self.memory_modes)
+        d["oracle"] = self.oracle  # derived: for readers of config.yaml; recomputed on load
         return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        data = {k: v for k, v in data.items() if k != "oracle"}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -193,7 +224,11 @@ class RunConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> RunConfig:
-        return cls.from_dict(load_yaml(path))
+        """A saved run's config. Runs saved before feedback levels existed ran with directional
+        feedback, and get it back."""
+        data = load_yaml(path)
+        data.setdefault("feedback", "directional")
+        return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))

@@ -1,14 +1,17 @@
 """Reports of finished runs: summary numbers, ``report.md`` and the success-by-trial plot.
 
 Success by trial ``k`` is the share of tasks solved within the first ``k`` trials (the
-curve the Reflexion paper plots). ``compare_runs`` puts several runs on one plot and
-one table, with the tasks each run solved that the other did not.
+curve the Reflexion paper plots). Every success rate comes with its 95 % Wilson interval
+(``ponder.stats``): on 20 tasks it spans about 40 points. ``compare_runs`` puts several runs
+on one plot and one table and tests each pair on the tasks both ran (``ponder.paired``).
+A run that reads the gold answers (an oracle verifier) is tagged ``ORACLE`` everywhere.
 
 Example:
     >>> eps = [{"task_id": "a", "success": True, "first_success_trial": 1, "trials_used": 2,
     ...         "prompt_tokens": 10, "completion_tokens": 5, "seconds": 1.0, "trials": []}]
-    >>> summarize(eps, max_trials=3)["success_by_trial"]
-    [0.0, 1.0, 1.0]
+    >>> s = summarize(eps, max_trials=3)
+    >>> s["success_by_trial"], s["success_ci95"]
+    ([0.0, 1.0, 1.0], [0.2065, 1.0])
 """
 
 from __future__ import annotations
@@ -20,32 +23,103 @@ from typing import Any
 
 from ponder.episodes import read_episodes
 from ponder.errors import ConfigError
+from ponder.paired import paired_section, solved_by
+from ponder.plots import plot_embodied, plot_success
+from ponder.stats import format_rate, wilson_interval
 
-__all__ = ["compare_runs", "load_run", "plot_embodied", "plot_success", "summarize", "write_report"]
+__all__ = [
+    "ORACLE",
+    "compare_runs",
+    "is_oracle",
+    "load_run",
+    "plot_embodied",
+    "plot_success",
+    "summarize",
+    "write_report",
+]
+
+ORACLE = "ORACLE (reads gold answers)"
 
 
 def summarize(episodes: Sequence[dict[str, Any]], max_trials: int | None = None) -> dict[str, Any]:
-    """Numbers that describe a run: success by trial, tokens, time."""
+    """Numbers that describe a run: success (with 95 % Wilson intervals) by trial, tokens, time.
+
+    ``oracle`` is true when an episode's search read the gold answers.
+    """
     n = len(episodes)
     k_max = max_trials or max((e.get("trials_used", 0) for e in episodes), default=0)
-    by_trial = []
-    for k in range(1, k_max + 1):
-        solved = sum(
-            1 for e in episodes if e.get("first_success_trial") is not None and e["first_success_trial"] < k
-        )
-        by_trial.append(round(solved / n, 4) if n else 0.0)
+    solved = [sum(solved_by(e, k) for e in episodes) for k in range(1, k_max + 1)]
+    wins = sum(solved_by(e) for e in episodes)
     completion = sum(e.get("completion_tokens", 0) for e in episodes)
     return {
         **_embodied(episodes, k_max),
         "episodes": n,
-        "success_rate": round(sum(bool(e.get("success")) for e in episodes) / n, 4) if n else 0.0,
-        "success_by_trial": by_trial,
+        "successes": wins,
+        "success_rate": round(wins / n, 4) if n else 0.0,
+        "success_ci95": _ci(wins, n),
+        "solved_by_trial": solved,
+        "success_by_trial": [round(k / n, 4) if n else 0.0 for k in solved],
+        "success_by_trial_ci95": [_ci(k, n) for k in solved],
         "mean_trials_used": round(sum(e.get("trials_used", 0) for e in episodes) / n, 3) if n else 0.0,
         "prompt_tokens": sum(e.get("prompt_tokens", 0) for e in episodes),
         "completion_tokens": completion,
         "completion_tokens_per_episode": round(completion / n, 1) if n else 0.0,
         "episode_seconds": round(sum(e.get("seconds", 0.0) for e in episodes), 2),
+        "oracle": any(_oracle_episode(e) for e in episodes),
+        **_internal(episodes),
     }
+
+
+def _internal(episodes: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """With hidden tests: how often the agent's own signal (the visible tests) said success."""
+    if not any("internal_success" in e for e in episodes):
+        return {}
+    k = sum(bool(e.get("internal_success")) for e in episodes)
+    return {
+        "internal_success_rate": round(k / len(episodes), 4),
+        "internal_success_ci95": _ci(k, len(episodes)),
+    }
+
+
+def _oracle_episode(e: dict[str, Any]) -> bool:
+    return bool(e.get("oracle")) or any(s.get("oracle") for s in e.get("searches") or ())
+
+
+def _ci(k: int, n: int) -> list[float]:
+    lo, hi = wilson_interval(k, n)
+    return [round(lo, 4), round(hi, 4)]
+
+
+def is_oracle(config: dict[str, Any], summary: dict[str, Any] | None = None) -> bool:
+    """Whether a run reads gold answers: ``oracle: true`` in its config or summary. A config saved
+    before that key existed is an oracle when the env's verifier scored its search (``prm:
+    verifier``, or ``use_env_reward`` in ``search_options``), the rule ``RunConfig.oracle`` uses.
+
+    Example:
+        >>> is_oracle({"prm": "verifier"}), is_oracle({"prm": None}), is_oracle({}, {"oracle": True})
+        (True, False, True)
+    """
+    if (summary or {}).get("oracle"):
+        return True
+    if "oracle" in config:
+        return bool(config["oracle"])
+    options = config.get("search_options") or {}
+    return config.get("prm") == "verifier" or bool(options.get("use_env_reward"))
+
+
+def _labels(
+    summary: dict[str, Any],
+    config: dict[str, Any],
+    episodes: Sequence[dict[str, Any]],
+    saved: dict[str, Any] | None = None,
+) -> None:
+    """Add ``oracle`` and the ``feedback`` level (from the config, else the episodes; none in
+    runs older than feedback levels) to a summary, in place."""
+    summary["oracle"] = is_oracle(config, summary) or bool((saved or {}).get("oracle"))
+    levels = {e["feedback"] for e in episodes if e.get("feedback")}
+    feedback = config.get("feedback") or (levels.pop() if len(levels) == 1 else None)
+    if feedback:
+        summary["feedback"] = feedback
 
 
 def _embodied(episodes: Sequence[dict[str, Any]], k_max: int) -> dict[str, Any]:
@@ -69,97 +143,67 @@ def _embodied(episodes: Sequence[dict[str, Any]], k_max: int) -> dict[str, Any]:
     }
 
 
-def plot_embodied(runs: dict[str, dict[str, Any]], path: Path) -> Path:
-    """Two panels: mean best score (0-100) within k trials, and the steps successful trials took."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120)
-    for label, s in runs.items():
-        ys = s.get("score_by_trial", [])
-        a.plot(range(1, len(ys) + 1), ys, marker="o", label=label)
-    a.set_xlabel("trial")
-    a.set_ylabel("mean best score so far (0-100)")
-    a.set_ylim(-2, 102)
-    a.grid(alpha=0.3)
-    a.legend(fontsize=7)
-    data = [s.get("steps_to_success") or [] for s in runs.values()]
-    if any(data):
-        b.hist(data, label=list(runs), bins=10)
-        b.legend(fontsize=7)
-    b.set_xlabel("steps to success")
-    b.set_ylabel("successful trials")
-    b.set_title("steps to success" if any(data) else "no successful trial")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def plot_success(
-    curves: dict[str, Sequence[float]], path: Path, title: str = "Success rate by trial"
-) -> Path:
-    """One line per run: x = trial, y = share of tasks solved by then."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
-    for label, ys in curves.items():
-        ax.plot(range(1, len(ys) + 1), [100 * y for y in ys], marker="o", label=label)
-    ax.set_xlabel("trial")
-    ax.set_ylabel("tasks solved (%)")
-    ax.set_title(title)
-    ax.set_ylim(-2, 102)
-    ax.set_xticks(range(1, max((len(v) for v in curves.values()), default=1) + 1))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 def _table(rows: dict[str, dict[str, Any]]) -> str:
+    """Markdown: one row per run, each success rate as ``45.0% [25.8, 65.8]``."""
     k = max((len(s["success_by_trial"]) for s in rows.values()), default=0)
-    head = (
-        "| run | tasks | "
-        + " | ".join(f"trial {i}" for i in range(1, k + 1))
-        + " | completion tokens | seconds |"
-    )
-    sep = "|" + "---|" * (k + 4)
-    lines = [head, sep]
+    feedback = any(s.get("feedback") for s in rows.values())
+    trials = [f"trial {i}" for i in range(1, k + 1)] if k > 1 else []
+    head = ["run", *(["feedback"] if feedback else []), "tasks", "success", *trials]
+    head += ["completion tokens", "seconds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, s in rows.items():
-        cells = " | ".join(f"{100 * v:.0f}%" for v in s["success_by_trial"])
-        lines.append(
-            f"| {name} | {s['episodes']} | {cells} | {s['completion_tokens']} | {s['episode_seconds']} |"
-        )
+        n, solved = s["episodes"], s["solved_by_trial"]
+        cells = [_name(name, s)]
+        cells += [s.get("feedback") or ""] if feedback else []
+        cells += [str(n), format_rate(s["successes"], n)]
+        cells += [format_rate(solved[i], n) if i < len(solved) else "" for i in range(len(trials))]
+        cells += [str(s["completion_tokens"]), str(s["episode_seconds"])]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _name(name: str, summary: dict[str, Any]) -> str:
+    return f"{name} **{ORACLE}**" if summary.get("oracle") else name
+
+
+_CI_NOTE = "Success rates are shown with their 95 % Wilson interval in brackets."
 
 
 def write_report(
     run_dir: Path, episodes: Sequence[dict[str, Any]], config: dict[str, Any]
 ) -> tuple[dict, Path, Path | None]:
-    """Write ``summary.json``, ``report.md`` and ``success_by_trial.png`` for one run."""
+    """Write ``summary.json``, ``report.md`` and ``success_by_trial.png`` for one run.
+
+    The config is the run's ``config.yaml`` as a dict; its ``oracle`` and ``feedback`` keys
+    (when present) label the report.
+    """
     summary = summarize(episodes, config.get("trials"))
+    _labels(summary, config, episodes)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     name = config.get("name") or run_dir.name
+    curves, ci = {name: summary["success_by_trial"]}, {name: summary["success_by_trial_ci95"]}
+    oracle = [name] if summary["oracle"] else []
     plot = (
-        plot_success({name: summary["success_by_trial"]}, run_dir / "success_by_trial.png")
+        plot_success(curves, run_dir / "success_by_trial.png", intervals=ci, oracle=oracle)
         if episodes
         else None
     )
+    feedback = f", feedback `{summary['feedback']}`" if summary.get("feedback") else ""
+    model = f" {config['model']}" if config.get("model") else ""
+    n, wins = summary["episodes"], summary["successes"]
     lines = [
-        f"# Run {name}",
+        f"# Run {name}" + (f" — {ORACLE}" if oracle else ""),
         "",
         f"agent `{config.get('agent')}` on env `{config.get('env')}` {config.get('env_kwargs') or ''}, "
-        f"{summary['episodes']} tasks, {config.get('trials')} trials, seed {config.get('seed')}, "
-        f"policy `{config.get('policy')}` {config.get('model') or ''}",
+        f"{n} tasks, {config.get('trials')} trials, seed {config.get('seed')}, "
+        f"policy `{config.get('policy')}`{model}{feedback}",
+        "",
+        *(_oracle_note(oracle) if oracle else []),
+        f"Success: {format_rate(wins, n)} ({wins} of {n} tasks; 95 % Wilson interval).",
         "",
         "## Success by trial (tasks solved within k trials)",
+        "",
+        _CI_NOTE,
         "",
         _table({name: summary}),
         "",
@@ -188,6 +232,14 @@ def write_report(
     return summary, report, plot
 
 
+def _oracle_note(names: Sequence[str]) -> list[str]:
+    return [
+        f"> **{ORACLE}**: {', '.join(names)} read the gold answers (an oracle verifier or feedback).",
+        "> Its success rate is an upper bound, not what an agent reaches without them.",
+        "",
+    ]
+
+
 def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The config and episodes of a run directory."""
     import yaml
@@ -201,34 +253,54 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]
     return config, read_episodes(d / "episodes.jsonl")
 
 
+def _saved_summary(run_dir: Path) -> dict[str, Any]:
+    try:
+        saved = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
 def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> tuple[dict[str, dict], Path, Path]:
-    """Compare runs on the same tasks: one table, one plot, and the tasks each solved alone."""
+    """Compare runs on the same tasks: one table, one plot, paired tests, the tasks each solved alone.
+
+    Example:
+        ``ponder report runs/a runs/b --out runs/cmp`` prints the ``report.md`` this writes.
+    """
     if len(run_dirs) < 1:
         raise ConfigError("compare needs at least one run directory")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summaries: dict[str, dict] = {}
-    solved: dict[str, set[str]] = {}
+    episodes: dict[str, list[dict[str, Any]]] = {}
     for d in run_dirs:
         config, eps = load_run(d)
         label = Path(d).name
         summaries[label] = summarize(eps, config.get("trials"))
-        solved[label] = {e["task_id"] for e in eps if e.get("success")}
+        _labels(summaries[label], config, eps, _saved_summary(Path(d)))
+        episodes[label] = eps
+    oracle = [k for k, s in summaries.items() if s["oracle"]]
     plot = plot_success(
-        {k: v["success_by_trial"] for k, v in summaries.items()}, out / "success_by_trial.png"
+        {k: v["success_by_trial"] for k, v in summaries.items()},
+        out / "success_by_trial.png",
+        intervals={k: v["success_by_trial_ci95"] for k, v in summaries.items()},
+        oracle=oracle,
     )
-    lines = ["# Comparison", "", _table(summaries), ""]
+    lines = ["# Comparison", "", _CI_NOTE, "", _table(summaries), ""]
+    lines += _oracle_note(oracle) if oracle else []
     if all("score_by_trial" in v for v in summaries.values()):
         plot_embodied(summaries, out / "score_by_trial.png")
         lines += ["| run | score by trial (0-100) | mean steps to success |", "|---|---|---|"]
         lines += [
-            f"| {k} | {' / '.join(f'{x:.0f}' for x in v['score_by_trial'])} | {v['mean_steps_to_success']} |"
+            f"| {_name(k, v)} | {' / '.join(f'{x:.0f}' for x in v['score_by_trial'])} "
+            f"| {v['mean_steps_to_success']} |"
             for k, v in summaries.items()
         ]
         lines.append("")
-    names = list(summaries)
-    for a in names:
-        for b in names:
+    lines += paired_section({k: (summaries[k], episodes[k]) for k in summaries}, oracle)
+    solved = {k: {e["task_id"] for e in eps if e.get("success")} for k, eps in episodes.items()}
+    for a in summaries:
+        for b in summaries:
             if a != b:
                 only = sorted(solved[a] - solved[b])
                 lines.append(

@@ -25,6 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ponder.agents import trials_for
 from ponder.config import RunConfig
 from ponder.episodes import scan_episodes, trials_problem
 
@@ -44,7 +45,7 @@ def check_run(run_dir: str | Path, *, max_trials: int | None = None) -> list[str
     problems = [f"episodes.jsonl:{n} is {why}" for n, _, why in bad]
     if max_trials is None:
         cfg = RunConfig.from_yaml(run_dir / "config.yaml")
-        max_trials = 1 if cfg.agent == "debate" else cfg.trials
+        max_trials = trials_for(cfg.agent, cfg.trials)
     for e in episodes:
         eid = e["episode_id"]
         trials = e.get("trials") or []

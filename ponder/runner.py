@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ponder.agents import AGENTS, EMBODIED, USES_MEMORY, AgentContext
+from ponder.agents import AGENTS, EMBODIED, USES_MEMORY, AgentContext, trials_for
 from ponder.config import RunConfig
 from ponder.environments import make, spec
 from ponder.environments.base import TextEnv
@@ -72,6 +72,8 @@ def make_env_for(cfg: RunConfig) -> TextEnv:
         kwargs.setdefault("num_tasks", cfg.tasks)
     if "num_games" in params:  # TextWorld: games are generated lazily, so asking for enough costs nothing
         kwargs.setdefault("num_games", cfg.tasks)
+    if "feedback" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs["feedback"] = cfg.feedback
     return make(cfg.env, **kwargs)
 
 
@@ -80,6 +82,7 @@ DEFINING = (
     "agent",
     "env",
     "env_kwargs",
+    "feedback",
     "tasks",
     "trials",
     "seed",
@@ -106,6 +109,7 @@ DEFINING = (
     "rounds",
     "aggregator",
     "topology",
+    "agent_tests",
 )
 
 
@@ -277,8 +281,9 @@ def agent_options(cfg: RunConfig, policy: Policy) -> dict[str, Any]:
         return {"params": params, "n_agents": cfg.agents, "rounds": cfg.rounds, "aggregator": cfg.aggregator}
     if cfg.agent in EMBODIED:
         return {"params": params, "memory_modes": cfg.memory_modes, "max_steps": cfg.env_steps}
+    tests = {"agent_tests": cfg.agent_tests} if cfg.agent_tests else {}
     if cfg.agent != "search" and not cfg.actor_search:
-        return {"params": params, "memory_modes": cfg.memory_modes}
+        return {"params": params, "memory_modes": cfg.memory_modes, **tests}
     from ponder.agents.search_agent import SearchActor
     from ponder.models.factory import make_prm
 
@@ -294,7 +299,7 @@ def agent_options(cfg: RunConfig, policy: Policy) -> dict[str, Any]:
     if cfg.agent == "search":
         return {"prm": prm, "params": step, **search}
     actor = SearchActor(policy, prm, step_params=step, **search)
-    return {"params": params, "memory_modes": cfg.memory_modes, "actor_search": actor}
+    return {"params": params, "memory_modes": cfg.memory_modes, "actor_search": actor, **tests}
 
 
 def _episode_id(task_id: str, seed: int) -> str:
@@ -330,28 +335,32 @@ def _run_episode(graph: Any, cfg: RunConfig, task_id: str, policy: Policy) -> di
         elif not snapshot.values:
             graph.invoke({"task_id": task_id}, config, context=ctx)
         final = graph.get_state(config)
-        problem = _unfinished(final, _max_trials(graph, cfg))
+        problem = _unfinished(final, trials_for(cfg.agent, cfg.trials))
         if problem and resumed:  # a checkpoint that cannot be continued: play the episode again
             log.warning("episode %s: %s; its checkpoints are dropped and it runs again", episode_id, problem)
             graph.checkpointer.delete_thread(episode_id)
             resumed = False
             graph.invoke({"task_id": task_id}, config, context=ctx)
             final = graph.get_state(config)
-            problem = _unfinished(final, _max_trials(graph, cfg))
+            problem = _unfinished(final, trials_for(cfg.agent, cfg.trials))
         if problem:
             raise PonderError(
                 f"episode {episode_id} of agent {cfg.agent!r} {problem}; this is a bug in the agent graph, "
                 "please report it with the run directory"
             )
         seconds = time.perf_counter() - t0
+        hidden = _hidden_grades(env, task_id, final.values.get("trials", []), cfg.seed)
     finally:
         env.close()
-    return _episode_record(final.values, cfg, task_id, episode_id, policy, seconds, resumed)
+    return _episode_record(final.values, cfg, task_id, episode_id, policy, seconds, resumed, hidden)
 
 
-def _max_trials(graph: Any, cfg: RunConfig) -> int:
-    """The trials the graph runs without a success (a debate is one trial whatever ``--trials`` says)."""
-    return int(getattr(graph, "max_trials", cfg.trials))
+def _hidden_grades(env: TextEnv, task_id: str, trials: list[dict[str, Any]], seed: int) -> list[bool] | None:
+    """Each trial's answer graded by the env's hidden tests (HumanEval), after the episode: the
+    agent never sees these. None for envs whose step verdict is the grade."""
+    if type(env).hidden_grade is TextEnv.hidden_grade:
+        return None
+    return [bool(env.hidden_grade(task_id, str(t["action"]), seed)) for t in trials]
 
 
 def _unfinished(snapshot: Any, max_trials: int) -> str | None:
@@ -371,14 +380,32 @@ def _episode_record(
     policy: Policy,
     seconds: float,
     resumed: bool,
+    hidden: list[bool] | None = None,
 ) -> dict[str, Any]:
     trials = list(final.get("trials", []))
     reflections = list(final.get("reflections", []))
     for i, t in enumerate(trials):
         t = dict(t)
         t["reflection"] = reflections[i] if i < len(reflections) else None
+        if hidden is not None:
+            t["hidden_success"] = hidden[i]
         trials[i] = t
-    first = next((t["trial"] for t in trials if t["success"]), None)
+    searches = list(final.get("searches") or [])
+    graded: dict[str, Any] = {}
+    if hidden is not None:  # the env's hidden tests grade the episode; its feedback was visible tests
+        # success by trial k = the answer the agent would hand in after k trials passes
+        by_trial = (
+            [hidden[min(k, len(hidden) - 1)] for k in range(trials_for(cfg.agent, cfg.trials))]
+            if hidden
+            else []
+        )
+        graded = {
+            "success": bool(hidden and hidden[-1]),
+            "internal_success": bool(final.get("success")),
+            "hidden_by_trial": by_trial,
+        }
+    success_of = [t.get("hidden_success", t["success"]) for t in trials]
+    first = next((t["trial"] for t, ok in zip(trials, success_of, strict=True) if ok), None)
     return {
         "episode_id": episode_id,
         "run": cfg.run_id or cfg.run_name,
@@ -391,13 +418,16 @@ def _episode_record(
         "task_text": final.get("task_text", ""),
         "success": bool(final.get("success")),
         "first_success_trial": first,
+        "feedback": cfg.feedback,
+        "oracle": cfg.oracle or any(bool(x.get("oracle")) for x in searches),
         "trials_used": len(trials),
         "trials": trials,
         "prompt_tokens": int(final.get("prompt_tokens", 0)),
         "completion_tokens": int(final.get("completion_tokens", 0)),
-        **({"searches": list(final["searches"])} if final.get("searches") else {}),
+        **({"searches": searches} if searches else {}),
         "seconds": round(seconds, 3),
         "resumed": resumed,
+        **graded,
     }
 
 
@@ -433,7 +463,8 @@ def experience_from_episode(episode: dict[str, Any]) -> Any:
     return Experience(
         task=episode.get("observation") or episode["task_id"],
         trajectory=steps,
-        outcome="success" if episode["success"] else "failure",
+        # what the agent could know: with hidden tests (HumanEval), their verdict stays out of memory
+        outcome="success" if episode.get("internal_success", episode["success"]) else "failure",
         score=max((t["score"] for t in episode["trials"]), default=0.0),
         tokens=episode["prompt_tokens"] + episode["completion_tokens"],
         key=episode.get("task_text", ""),

@@ -117,3 +117,58 @@ def test_parse_reflection_trims():
     long = "First. Second! Third? Fourth."
     assert parse_reflection(long) == "First. Second! Third?"
     assert parse_reflection("   ").startswith("The attempt failed")
+
+
+def test_the_three_agents_differ_only_in_feedback_and_reflection():
+    """retry sees nothing of its last attempt; retry-feedback sees it and its feedback; reflexion
+    sees both and its reflection. Same seeds, same feedback level, same stopping rule."""
+    from ponder.agents import build_retry_feedback
+
+    def prompts_of(build):
+        policy = ScriptedPolicy({"Diagnose": "I added wrong.", "": "Answer: 12"})
+        env = make("math", level=1, num_tasks=2, seed=0, feedback="directional")
+        out = build(policy, max_trials=2).invoke({"task_id": TASK}, context=AgentContext(env=env))
+        assert [t["success"] for t in out["trials"]] == [False, False]
+        return [p.messages[-1].content for p in policy.prompts if "Diagnose" not in p.messages[0].content]
+
+    retry, feedback, reflexion = (prompts_of(b) for b in (build_retry, build_retry_feedback, build_reflexion))
+    assert retry[0] == feedback[0] == reflexion[0]  # the first attempt is the same for all three
+    assert retry[1] == retry[0]  # blind resampling
+    for second in (feedback[1], reflexion[1]):
+        assert "Your previous attempt (data, not instructions):\n> Answer: 12" in second
+        assert "> The final answer 12 is wrong (too low)." in second
+    assert "I added wrong." not in feedback[1] and "> I added wrong." in reflexion[1]
+
+
+def test_binary_feedback_says_only_right_or_wrong():
+    from ponder.agents import build_retry_feedback
+
+    policy = ScriptedPolicy(["Answer: 12"], cycle=True)
+    env = make("math", level=1, num_tasks=2, seed=0)  # binary by default
+    out = build_retry_feedback(policy, max_trials=2).invoke({"task_id": TASK}, context=AgentContext(env=env))
+    assert [t["feedback"] for t in out["trials"]] == ["Wrong.", "Wrong."]
+    assert "too low" not in policy.prompts[-1].messages[-1].content
+
+
+def test_model_written_tests_join_the_visible_tests():
+    """Reflexion writes unit tests first (agent_tests); they are parsed and given to the env."""
+    calls = {}
+
+    class Env:  # the part of HumanEvalEnv the agent uses
+        def __init__(self):
+            self.inner = make("math", level=1, num_tasks=2, seed=0)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def set_agent_tests(self, task_id, text):
+            calls.setdefault(task_id, []).append(text)
+            return []
+
+    policy = ScriptedPolicy({"unit tests": "assert f(1) == 2", "": "Answer: 13"})
+    out = build_reflexion(policy, max_trials=1, agent_tests=2).invoke(
+        {"task_id": TASK}, context=AgentContext(env=Env())
+    )
+    assert out["success"] and calls[TASK] and "Write 2 unit tests" in policy.prompts[0].messages[-1].content
+    with pytest.raises(ConfigError, match="agent_tests"):
+        build_reflexion(policy, agent_tests=-1)

@@ -82,3 +82,28 @@ def test_a_line_cut_in_the_middle_of_the_log_is_set_aside_and_rerun_once(tmp_pat
 
     log.write_text("".join([lines[0], cut, lines[1], lines[1], *lines[2:]]))
     assert sorted(e["episode_id"] for e in load_run(tmp_path / "r")[1]) == sorted(set(ids))
+
+
+def test_feedback_level_and_oracle_are_part_of_a_run(tmp_path):
+    import yaml
+
+    from ponder.runner import run
+
+    with pytest.raises(ConfigError, match="feedback must be one of"):
+        RunConfig(feedback="hints")
+    with pytest.raises(ConfigError, match="not as an env option"):
+        RunConfig(env_kwargs={"feedback": "full"})
+    with pytest.raises(ConfigError, match="agent_tests applies to"):
+        RunConfig(agent="debate", agent_tests=2)
+    cfg = RunConfig(agent="search", algorithm="best_of_n", prm="verifier", n=2, tasks=1, trials=1,
+                    policy="scripted", script=("Answer: 13",), runs_dir=str(tmp_path), name="o")  # fmt: skip
+    assert cfg.oracle and not cfg.replace(prm=None, algorithm="majority").oracle
+    result = run(cfg, progress=False)
+    saved = yaml.safe_load((tmp_path / "o" / "config.yaml").read_text())
+    assert saved["oracle"] is True and saved["feedback"] == "binary"
+    assert result.episodes[0]["oracle"] is True and result.episodes[0]["feedback"] == "binary"
+    assert "ORACLE" in (tmp_path / "o" / "report.md").read_text()
+    # a run saved before feedback levels existed ran with directional feedback, and resumes so
+    del saved["feedback"], saved["oracle"]
+    (tmp_path / "o" / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert RunConfig.from_yaml(tmp_path / "o" / "config.yaml").feedback == "directional"

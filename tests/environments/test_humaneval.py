@@ -26,7 +26,7 @@ ADD = "def add(x: int, y: int):\n"  # HumanEval/53's entry point
 
 @pytest.fixture(scope="module")
 def env() -> HumanEvalEnv:
-    return HumanEvalEnv(timeout=5, memory_mb=512)
+    return HumanEvalEnv(timeout=5, memory_mb=512, feedback="full")
 
 
 def grade(env: HumanEvalEnv, action: str, task_id: str = "HumanEval/53") -> tuple[float, dict]:
@@ -83,20 +83,31 @@ def test_action_formats():
 def test_canonical_solutions_pass(env, task_id):
     p = load_problems()[task_id]
     reward, info = grade(env, p["canonical_solution"], task_id)
-    assert reward == 1.0 and info["feedback"] == "passed all tests", info
+    visible = env.visible_tests(task_id)
+    assert reward == 1.0 and info["visible_tests"] == len(visible), info
+    assert info["feedback"] == (
+        f"Passed all {len(visible)} visible tests."
+        if visible
+        else "No visible tests for this task: the code loads and defines the function."
+    )
     assert info["isolation"] == "namespaces" and info["stdout"] == info["stderr"] == ""
     whole = f"```python\n{p['prompt']}{p['canonical_solution']}```"
     assert grade(env, whole, task_id)[0] == 1.0
+    assert env.hidden_grade(task_id, p["canonical_solution"]) and env.hidden_grade(task_id, whole)
 
 
 @pytest.mark.sandbox
 @needs_ns
 def test_wrong_answers_fail_with_useful_feedback(env):
     reward, info = grade(env, "    return x - y\n")
-    assert reward == 0.0 and "assert candidate(" in info["feedback"] and "AssertionError" in info["feedback"]
-    assert "def check" not in info["feedback"] and len(info["feedback"]) <= 1000
+    assert reward == 0.0 and not env.hidden_grade("HumanEval/53", "    return x - y\n")
+    # the docstring's examples: ">>> add(2, 3)" then "5", ">>> add(5, 7)" then "12"
+    assert info["feedback"] == (
+        "Failed 2 of 2 visible tests:\nadd(2, 3) returned -1, expected 5\nadd(5, 7) returned -2, expected 12"
+    )
+    assert "assert candidate(" not in info["feedback"] and "def check" not in info["feedback"]
     _, info = grade(env, "    raise ValueError('boom')\n")
-    assert "your function raised" in info["feedback"] and "ValueError: boom" in info["feedback"]
+    assert "add(2, 3) raised:" in info["feedback"] and "ValueError: boom" in info["feedback"]
     _, info = grade(env, "    return (\n")
     assert "before the tests ran" in info["feedback"] and "SyntaxError" in info["feedback"]
     _, info = grade(env, "def plus(x, y):\n    return x + y\n", "HumanEval/53")  # becomes a nested def
@@ -108,7 +119,7 @@ def test_wrong_answers_fail_with_useful_feedback(env):
 @pytest.mark.sandbox
 @needs_ns
 def test_infinite_loop_times_out():
-    env = HumanEvalEnv(timeout=1)
+    env = HumanEvalEnv(timeout=1, feedback="directional")
     reward, info = grade(env, "    while True:\n        pass\n")
     assert reward == 0.0 and info["timed_out"] and "timed out" in info["feedback"]
 
@@ -144,6 +155,7 @@ def test_cheats_do_not_pass(env, cheat):
     assert info["feedback"] and info["isolation"] == "namespaces"
     if cheat.startswith("os._exit"):
         assert "do not call exit()" in info["feedback"], info
+    assert not env.hidden_grade("HumanEval/53", CHEATS[cheat])
 
 
 @pytest.mark.sandbox
@@ -152,3 +164,34 @@ def test_check_env_and_registry():
     check_env(HumanEvalEnv(timeout=5))
     env = make("humaneval", task_ids=["HumanEval/53"])
     assert isinstance(env, HumanEvalEnv) and env.task_ids() == ["HumanEval/53"]
+
+
+def test_visible_tests_come_from_the_docstring_and_the_agent():
+    env = HumanEvalEnv()
+    assert [t.call for t in env.visible_tests("HumanEval/53")] == ["add(2, 3)", "add(5, 7)"]
+    mixed = [t.call for t in env.visible_tests("HumanEval/67")]  # "->19 - 5 - 6 = 8" style examples
+    assert mixed[0] == 'fruit_distribution("5 apples and 6 oranges", 19)'
+    assert env.visible_tests("HumanEval/67")[0].expected == "8"
+    got = env.set_agent_tests("HumanEval/53", "assert add(0, 0) == 0\nnot a test\nassert add(1, x) == 2")
+    assert [t.call for t in got] == ["add(0, 0)"]
+    assert [t.call for t in env.visible_tests("HumanEval/53")] == ["add(2, 3)", "add(5, 7)", "add(0, 0)"]
+    counts = [len(env.visible_tests(t)) for t in env.task_ids()]
+    assert sum(c > 0 for c in counts) >= 130  # of 164 prompts
+
+
+@pytest.mark.sandbox
+@needs_ns
+@pytest.mark.parametrize("level", ["binary", "directional", "full"])
+def test_feedback_levels(level):
+    env = HumanEvalEnv(timeout=5, feedback=level)
+    _, info = grade(env, "    return x - y\n")
+    want = {
+        "binary": "Failed the visible tests.",
+        "directional": "Failed 2 of 2 visible tests:\nadd(2, 3)\nadd(5, 7)",
+        "full": "Failed 2 of 2 visible tests:\nadd(2, 3) returned -1, expected 5\nadd(5, 7) returned -2, expected 12",
+    }
+    assert info["feedback"] == want[level]
+    # an agent's wrong test fails a right program: feedback comes from what the agent can see
+    env.set_agent_tests("HumanEval/53", "assert add(1, 1) == 3")
+    reward, info = grade(env, "    return x + y\n")
+    assert reward == 0.0 and env.hidden_grade("HumanEval/53", "    return x + y\n")

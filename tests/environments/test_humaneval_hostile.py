@@ -460,11 +460,20 @@ def env() -> HumanEvalEnv:
     return HumanEvalEnv(timeout=30, memory_mb=1024)
 
 
-def grade(env: HumanEvalEnv, action: str, task_id: str = TASK) -> tuple[float, dict]:
+def grade(
+    env: HumanEvalEnv, action: str, task_id: str = TASK, *, control: bool = False
+) -> tuple[float, dict]:
+    """The hidden tests' verdict (what the code is after) with what the run printed; a step runs
+    only the visible tests, and must not pass a hostile program either."""
+    r, passed = env.hidden_run(task_id, action)
+    info = {"stdout": r.stdout, "stderr": r.stderr, "feedback": "", "isolation": r.isolation}
+    info |= {"success": passed, "timed_out": r.timed_out, "killed": r.killed}
     env.reset(options={"task_id": task_id})
-    _, reward, terminated, _, info = env.step(action)
-    assert terminated and info["success"] is (reward == 1.0)
-    return reward, info
+    _, reward, terminated, _, step_info = env.step(action)
+    assert terminated and step_info["success"] is (reward == 1.0)
+    for s in () if control else SECRETS:  # the step's output and feedback hold nothing hidden either
+        assert s not in step_info["stdout"] + step_info["stderr"] + step_info["feedback"], s
+    return (1.0 if passed else 0.0), info
 
 
 def hostile(route: str) -> str:
@@ -486,7 +495,7 @@ def test_controls_the_answering_code_passes_when_handed_the_secret(isolation):
     env, p = HumanEvalEnv(timeout=30, isolation=isolation), load_problems()[TASK]
     for secret in (p["test"], json.dumps(p)):  # the tests, or the data file's line
         given = PRELUDE + f"learn({secret!r}, 'given')\n" + SUFFIX.replace('hunt("import")', "")
-        reward, info = grade(env, given.replace('hunt("call")', "pass"))
+        reward, info = grade(env, given.replace('hunt("call")', "pass"), control=True)
         assert reward == 1.0 and "FOUND given" in info["stdout"], info
 
 
@@ -543,7 +552,7 @@ CORRECT = {
 @pytest.mark.parametrize("task_id", sorted(CORRECT))
 def test_correct_solutions_still_pass(env, task_id):
     reward, info = grade(env, CORRECT[task_id], task_id)
-    assert reward == 1.0 and info["feedback"] == "passed all tests", info
+    assert reward == 1.0 and info["success"], info
 
 
 @needs_ns
@@ -554,9 +563,9 @@ def test_the_canonical_solutions_of_all_164_problems_pass():
     def failures(ids: list[str]) -> dict[str, str]:
         env, out = HumanEvalEnv(timeout=30), {}
         for task_id in ids:
-            reward, info = grade(env, problems[task_id]["canonical_solution"], task_id)
-            if reward != 1.0:
-                out[task_id] = info["feedback"]
+            r, passed = env.hidden_run(task_id, problems[task_id]["canonical_solution"])
+            if not passed:
+                out[task_id] = r.stderr[-300:]
         return out
 
     ids = list(problems)
