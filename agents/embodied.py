@@ -4,10 +4,19 @@ One trial is one episode of the env. Each turn the model reads the task, recalle
 its recent steps, the observation and the admissible actions, replies ``Think: ... Action:
 ...`` (ReAct), and the action is grounded to an admissible one (``agents.grounding``: exact,
 normalised, nearest by embedding; the mapping is kept in the trajectory). A failed trial is
-reflected on (Reflexion) and the next trial sees the reflection. After every trial, with
-``memory_modes`` containing ``concept``, the model writes CLIN's causal abstractions ("X may
-be necessary for Y", "X does not contribute to Y") into the memory's insight book, where
-later trials and other tasks find them by similarity to their task.
+reflected on (Reflexion) and the next trial sees the reflection. With ``memory_modes``
+containing ``concept``, memory holds causal abstractions ("X may be necessary to Y", "X does not
+contribute to Y"), learned one of three ways (``concept=``):
+
+- ``"clin"``, CLIN as in its paper and code: after every trial the model *rewrites* the task's
+  memory from the trial's trace and score and the memories of the last ``clin_k = 3`` trials
+  (``memory.clin``); the new list replaces the old one, which is retired, not deleted;
+- ``"clin-voted"``, CLIN-style: after every trial the model adds lessons and votes on the
+  lessons shown, from the trial's last 15 steps (ExpeL's vote book, ``memory.insights``);
+- ``"expel-frozen"``: ExpeL's rules extracted offline (``agents.expel``), shown, never changed.
+
+A trial sees its task's lessons first, then (CLIN-style, or when its task has none yet) those
+nearest to its task from other tasks.
 
 ``plan=True`` is plan-and-execute: a short plan is written before the first action, shown
 every turn, and revised when an observation contradicts it (the action failed, or what the
@@ -54,12 +63,16 @@ from ponder.agents.prompts import parse_reflection
 from ponder.agents.reflexion import trial_seed
 from ponder.agents.state import AgentContext, agent_provenance, remember_reflection
 from ponder.errors import ConfigError
+from ponder.memory.clin import CLIN_K
 from ponder.memory.retrieval import is_trusted
 from ponder.models.types import Policy, SamplingParams
 
-__all__ = ["EmbodiedState", "build_embodied_agent", "contradicts", "recursion_limit"]
+__all__ = ["DEFAULT_CONCEPT", "EmbodiedState", "build_embodied_agent", "contradicts", "recursion_limit"]
 
 log = logging.getLogger(__name__)
+
+#: the ``concept`` mode when none is given (see the module docstring)
+DEFAULT_CONCEPT = "clin"
 
 #: observations that say an action did not do what was asked (ScienceWorld, TextWorld, ALFWorld wording)
 FAILURE_PATTERNS = re.compile(
@@ -92,7 +105,8 @@ class EmbodiedState(TypedDict, total=False):
     shown_insights: list[str]
     memory_notes: list[str]
     insight_ops: Annotated[list[str], operator.add]
-    #: a CLIN update asked for but not yet written to memory (``memory.insights.pending_update``)
+    #: a concept update asked for but not yet written to memory (``memory.insights.pending_update``
+    #: or ``memory.clin.pending_rewrite``)
     pending_insights: dict[str, Any] | None
     trials: Annotated[list[dict[str, Any]], operator.add]
     reflections: Annotated[list[str], operator.add]
@@ -132,6 +146,9 @@ def build_embodied_agent(
     max_revisions: int = 3,
     memory_modes: str | Sequence[str] = ("reflective", "concept"),
     memory_k: int = 5,
+    concept: Literal["clin", "clin-voted", "expel-frozen"] | None = None,
+    clin_k: int = CLIN_K,
+    insight_set: str = "expel",
     embedder: Callable[[list[str]], Any] | None = None,
     params: SamplingParams | None = None,
     learn_params: SamplingParams | None = None,
@@ -151,9 +168,14 @@ def build_embodied_agent(
         plan: plan-and-execute (a plan first, revised when an observation contradicts it).
         max_revisions: plan revisions per trial at most.
         memory_modes: with ``memory``: ``reflective`` (store reflections; recall those on the
-            same and similar tasks), ``concept`` (CLIN causal abstractions after each trial),
+            same and similar tasks), ``concept`` (causal abstractions, see ``concept``),
             ``experiential`` (the actions of a similar solved episode as a note).
-        memory_k: insights / reflections recalled.
+        memory_k: insights / reflections recalled (a CLIN memory of the task is shown whole).
+        concept: how the ``concept`` mode learns: ``"clin"`` (rewrite after each trial),
+            ``"clin-voted"`` (votes on shown lessons) or ``"expel-frozen"`` (recall an extracted
+            ExpeL set only); None: ``DEFAULT_CONCEPT``.
+        clin_k: ``"clin"``: the memories of earlier trials each rewrite reads.
+        insight_set: ``"expel-frozen"``: the set's name (``ponder memory extract-insights --name``).
         embedder: for grounding by similarity (default: the memory's embedder, or word overlap).
         params, learn_params: sampling for actions / for plans, reflections and lessons.
         prompts: ``EmbodiedPrompts``.
@@ -170,6 +192,19 @@ def build_embodied_agent(
     params = params or SamplingParams(max_tokens=64, temperature=0.7)
     learn_params = learn_params or SamplingParams(max_tokens=128, temperature=0.7)
     modes = parse_memory_modes(memory_modes) if memory is not None else ()
+    concept = concept or DEFAULT_CONCEPT
+    if concept not in ("clin", "clin-voted", "expel-frozen") or clin_k < 0:
+        raise ConfigError(
+            f"concept must be clin, clin-voted or expel-frozen and clin_k >= 0, got {concept!r}, {clin_k}"
+        )
+    learns_concepts = "concept" in modes and concept != "expel-frozen"
+    if "concept" in modes and concept == "expel-frozen":
+        from ponder.agents.expel import frozen_insights
+
+        if not frozen_insights(memory, insight_set):
+            log.warning(
+                "no ExpeL insights named %r in this memory: run `ponder memory extract-insights`", insight_set
+            )
     grounder = Grounder(embedder if embedder is not None else getattr(memory, "embedder", None))
 
     def gen(prompt: Any, p: SamplingParams, seed: int) -> Any:
@@ -195,7 +230,7 @@ def build_embodied_agent(
             "revisions": 0,
         }
         if memory is not None and "concept" in modes:  # every trial: lessons of earlier trials count too
-            out |= _lessons(memory, env.task_text(obs), state["task_id"], memory_k)
+            out |= _lessons(memory, env.task_text(obs), state["task_id"], memory_k, concept, insight_set)
         if memory is not None and not state.get("trials"):
             out |= _recall(memory, modes, env.task_text(obs), state["task_id"], runtime.context, memory_k)
         return out
@@ -274,7 +309,9 @@ def build_embodied_agent(
             "action": "\n".join(s["action"] for s in steps),
             "success": bool(state.get("success")),
             "score": float(state.get("score", 0.0)),
-            "feedback": steps[-1]["observation"][:500] if steps else "",
+            "feedback": runtime.context.env.outcome_feedback(
+                bool(state.get("success")), float(state.get("score", 0.0))
+            ),
             "steps": steps,
             "steps_taken": len(steps),
             "plan": state.get("plan", []),
@@ -283,7 +320,9 @@ def build_embodied_agent(
             "completion_tokens": 0,
         }
         out: dict[str, Any] = {"trials": [record]}
-        if "concept" in modes:
+        if learns_concepts and concept == "clin":
+            out |= _rewrite_causal(memory, policy, state, record, runtime.context, learn_params, name, clin_k)
+        elif learns_concepts:
             out |= _learn_causal(memory, policy, prompts, state, record, runtime.context, learn_params, name)
         return out
 
@@ -292,7 +331,9 @@ def build_embodied_agent(
 
     def reflect_node(state: EmbodiedState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         last = state["trials"][-1]
-        prompt = prompts.reflect(state["task_text"], last["steps"], f"failed, score {last['score']:.0f}/100")
+        # what the reflection hears of the outcome follows the env's feedback level
+        outcome = runtime.context.env.outcome_feedback(bool(last["success"]), float(last["score"]))
+        prompt = prompts.reflect(state["task_text"], last["steps"], outcome)
         c = gen(prompt, learn_params, _seed(runtime, state, "reflect"))
         text = parse_reflection(c.text)
         if "reflective" in modes:
@@ -338,7 +379,7 @@ def build_embodied_agent(
         g.add_node("reflect", reflect_node)
         g.add_conditional_edges("reflect", after_reflect, {"end": END, "start_trial": "start_trial"})
         targets["reflect"] = "reflect"
-    if "concept" in modes:
+    if learns_concepts:
         # memory is written in a node of its own, after the model's lessons are checkpointed
         g.add_node("remember", remember)
         g.add_edge("end_trial", "remember")
@@ -400,14 +441,35 @@ def _recall(
     return out
 
 
-def _lessons(memory: Any, task_text: str, task_id: str, k: int) -> dict[str, Any]:
-    """CLIN's memory for a trial: active lessons written on this task (earlier trials and
-    episodes) first, then those nearest to the task's text from other tasks; ``k`` at most."""
-    active = {"status": "active"}
-    same = memory.list(kind="insight", where={**active, "task_id": task_id}, limit=k)
-    same.sort(key=lambda i: (-i.net, i.id))
-    near = [h.record for h in memory.search(task_text, kind="insight", k=k, where=active)]
-    chosen = list({i.id: i for i in [*same, *near]}.values())[:k]
+def _lessons(
+    memory: Any, task_text: str, task_id: str, k: int, concept: str = "clin-voted", insight_set: str = "expel"
+) -> dict[str, Any]:
+    """The lessons a trial sees (``concept``):
+
+    - ``clin``: the task's memory, whole (its latest rewrite); with none yet, the ``k`` causal
+      lessons nearest to the task from other tasks (CLIN's meta-memory is not built);
+    - ``clin-voted``: active lessons written on this task (earlier trials and episodes) first,
+      then those nearest to the task's text from other tasks; ``k`` at most;
+    - ``expel-frozen``: every rule of the extracted set, most agreed first.
+    """
+    if concept == "expel-frozen":
+        from ponder.agents.expel import frozen_insights
+
+        chosen = frozen_insights(memory, insight_set)
+    else:
+        active = {"status": "active", "form": "causal"}
+        if concept == "clin":
+            from ponder.memory.clin import current_lessons
+
+            same = current_lessons(memory, task_id)
+        else:
+            same = memory.list(kind="insight", where={**active, "task_id": task_id}, limit=k)
+            same.sort(key=lambda i: (-i.net, i.id))
+        near = (
+            [] if concept == "clin" and same else memory.search(task_text, kind="insight", k=k, where=active)
+        )
+        cap = max(k, len(same)) if concept == "clin" else k
+        chosen = list({i.id: i for i in [*same, *(h.record for h in near)]}.values())[:cap]
     return {"insights": [i.text for i in chosen], "shown_insights": [i.id for i in chosen]}
 
 
@@ -421,8 +483,8 @@ def _learn_causal(
     params: SamplingParams,
     agent: str,
 ) -> dict[str, Any]:
-    """CLIN: causal abstractions from one trial, as an update of the insight book (votes on the shown
-    ones) that the ``remember`` node applies."""
+    """CLIN-style (voted): causal lessons from one trial's last 15 steps, as an update of the insight
+    book (ADD, and votes on the shown lessons) that the ``remember`` node applies."""
     from ponder.memory.insights import causal_prompt, parse_operations, pending_update
 
     ids = state.get("shown_insights", [])
@@ -442,3 +504,37 @@ def _learn_causal(
         form="causal",
     )
     return {"insight_ops": [str(o) for o in ops], "pending_insights": pending, **_tokens(c)}
+
+
+def _rewrite_causal(
+    memory: Any,
+    policy: Policy,
+    state: EmbodiedState,
+    trial: dict[str, Any],
+    ctx: AgentContext,
+    params: SamplingParams,
+    agent: str,
+    k: int,
+) -> dict[str, Any]:
+    """CLIN: the task's memory rewritten from this trial's trace and score and the last ``k``
+    memories of the task, as a pending rewrite that the ``remember`` node applies."""
+    from ponder.memory.clin import generations, parse_lessons, pending_rewrite, rewrite_prompt
+
+    update_id = f"{ctx.run_id}/{ctx.episode_id}/t{trial['trial']}/clin"
+    previous = generations(memory, state["task_id"], k, before=update_id)
+    prompt = rewrite_prompt(state["task_text"], format_steps(trial["steps"]), trial["score"], previous)
+    seed = trial_seed(ctx.seed + 3, state["task_id"], trial["trial"])
+    c = policy.generate([prompt], dataclasses.replace(params, n=1, seed=seed))[0][0]
+    lessons = parse_lessons(c.text)
+    pending = pending_rewrite(
+        lessons,
+        memory,
+        state["task_id"],
+        update_id=update_id,
+        provenance=agent_provenance(ctx, state["task_id"], agent, policy),
+        score=trial["score"],
+        success=trial["success"],
+        trial=trial["trial"],
+    )
+    ops = [f"REWRITE {i}: {t}" for i, t in enumerate(lessons, 1)]
+    return {"insight_ops": ops, "pending_insights": pending, **_tokens(c)}

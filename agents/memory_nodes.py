@@ -8,9 +8,19 @@ memory-based reinforcement:
 - **reflective** (Reflexion's memory, across tasks): reflections on the same task first,
   then those written on similar tasks (similar by the tasks' text, not the lessons'); a failed episode is reflected on at its end so later tasks can
   use it even with one trial.
-- **concept** (ExpeL insights, CLIN): after an episode, it is compared with a similar past
-  episode of the opposite outcome, and the model edits the insight set with ADD / EDIT /
-  UPVOTE / DOWNVOTE; the active insights, ranked, go into the actor's prompt.
+- **concept**, two ways (``insights=``):
+
+  - ``"online"`` (default), **ExpeL-style (online)**: after an episode, it is compared with the
+    most similar past episode of the opposite outcome (usually of *another* task), and the
+    model edits the insight set with ADD / EDIT / UPVOTE / DOWNVOTE, seeing the top
+    ``k_insights`` rules; the top ``k_insights`` go into the actor's prompt. ExpeL itself
+    compares trials of the *same* task and batches of successes, offline, shows *all* rules
+    when voting, and freezes them for evaluation: that is the next mode.
+  - ``"frozen"``, **ExpeL (reference)**: the rules ``agents.expel.extract_insights`` (``ponder
+    memory extract-insights``) extracted offline from training episodes, set ``insight_set``,
+    are all shown to the actor and never changed by the run.
+
+  CLIN's causal memory is the embodied agent's (``agents.embodied``, ``concept="clin"``).
 
 Everything recalled is agent-written text, so it reaches the model quoted as data under a
 header that says so. Exemplar turns are the exception: an env-verified successful answer
@@ -40,11 +50,68 @@ from ponder.memory.retrieval import is_trusted
 from ponder.models.fake import count_tokens
 from ponder.models.types import Policy, SamplingParams
 
-__all__ = ["MEMORY_MODES", "MemoryModes", "parse_memory_modes", "remember_insights"]
+__all__ = [
+    "CONCEPT_MODES",
+    "MEMORY_MODES",
+    "MemoryModes",
+    "concept_options",
+    "parse_memory_modes",
+    "remember_insights",
+]
 
 log = logging.getLogger(__name__)
 
 MEMORY_MODES = ("experiential", "reflective", "concept")
+
+#: how the ``concept`` mode learns: name -> (agents that support it, what it is)
+CONCEPT_MODES: dict[str, tuple[tuple[str, ...], str]] = {
+    "expel-online": (
+        ("single-step",),
+        "ExpeL-style (online): after each episode, compare with the nearest opposite-outcome "
+        "episode (any task) and vote on the top rules",
+    ),
+    "expel-frozen": (
+        ("single-step", "embodied"),
+        "ExpeL (reference): all rules of a set extracted offline by `ponder memory extract-insights`, "
+        "recalled and never changed",
+    ),
+    "clin": (
+        ("embodied",),
+        "CLIN (reference): after each trial the task's causal memory is rewritten from the trace and "
+        "the last 3 memories",
+    ),
+    "clin-voted": (
+        ("embodied",),
+        "CLIN-style (voted): after each trial, causal lessons added and voted on from the last 15 steps",
+    ),
+}
+
+
+def concept_options(concept: str | None, *, embodied: bool, insight_set: str | None = None) -> dict[str, Any]:
+    """The agent factory's keyword arguments for a ``concept`` mode name (None: the agent's default).
+
+    Single-step agents (``build_reflexion``) take ``insights="online"|"frozen"``; the embodied
+    agent takes ``concept=`` as is; ``insight_set`` (the extracted set's name) goes with
+    ``expel-frozen``.
+
+    Example:
+        >>> concept_options("expel-frozen", embodied=False), concept_options("clin", embodied=True)
+        ({'insights': 'frozen'}, {'concept': 'clin'})
+        >>> concept_options("expel-frozen", embodied=True, insight_set="v2")
+        {'concept': 'expel-frozen', 'insight_set': 'v2'}
+    """
+    if concept is None:
+        return {}
+    kind = "embodied" if embodied else "single-step"
+    if concept not in CONCEPT_MODES:
+        raise ConfigError(f"unknown concept mode {concept!r}; use one of: {', '.join(CONCEPT_MODES)}")
+    if kind not in CONCEPT_MODES[concept][0]:
+        ok = [c for c, (kinds, _) in CONCEPT_MODES.items() if kind in kinds]
+        raise ConfigError(f"concept mode {concept!r} is not for {kind} agents; they take: {', '.join(ok)}")
+    named = {"insight_set": insight_set} if insight_set and concept == "expel-frozen" else {}
+    if embodied:
+        return {"concept": concept, **named}
+    return {"insights": "frozen" if concept == "expel-frozen" else "online", **named}
 
 
 def parse_memory_modes(spec: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -86,7 +153,7 @@ class MemoryModes:
         k_contrasts: failed similar episodes shown as contrasts (off by default: a small model
             copies the wrong answer it is shown).
         k_reflections: reflections recalled.
-        k_insights: active insights shown.
+        k_insights: active insights shown (``insights="online"``; a frozen set is shown whole).
         min_similarity: recalled experiences and similar-task reflections must be at least this
             similar (cosine) to the task, since an unrelated example misleads more than none helps;
             ``None`` takes the embedder's ``related_similarity`` (MiniLM 0.6, hashing 0).
@@ -95,6 +162,10 @@ class MemoryModes:
         untrusted_experiences: what to do with a similar successful experience that is not
             ``is_trusted`` (its success is only claimed): ``"skip"`` it (default) or ``"quote"``
             it among the notes, as data.
+        insights: the concept mode: ``"online"`` (ExpeL-style: learn after every episode) or
+            ``"frozen"`` (ExpeL's reference protocol: recall the set ``insight_set`` extracted
+            offline, never write).
+        insight_set: the name of the extracted set (``extract_insights(name=...)``).
     """
 
     store: Any
@@ -112,9 +183,13 @@ class MemoryModes:
         default_factory=lambda: SamplingParams(max_tokens=96, temperature=0.7)
     )
     untrusted_experiences: Literal["skip", "quote"] = "skip"
+    insights: Literal["online", "frozen"] = "online"
+    insight_set: str = "expel"
 
     def __post_init__(self) -> None:
         self.modes = parse_memory_modes(self.modes)
+        if self.insights not in ("online", "frozen"):
+            raise ConfigError(f"insights must be 'online' or 'frozen', got {self.insights!r}")
         if self.untrusted_experiences not in ("skip", "quote"):
             raise ConfigError(
                 f"untrusted_experiences must be 'skip' or 'quote', got {self.untrusted_experiences!r}"
@@ -136,11 +211,26 @@ class MemoryModes:
         if "reflective" in self.modes:
             notes += self._reflections(task_id, query, ctx)
         if "concept" in self.modes:
-            shown = self._book().active(self.k_insights)
+            shown = self._shown()
             out["insights"] = [i.text for i in shown]
             out["shown_insights"] = [i.id for i in shown]
         out["memory_notes"] = _budget(notes, self.token_budget)
         return out
+
+    def _shown(self) -> list[Any]:
+        if self.insights == "online":
+            return self._book().active(self.k_insights)
+        from ponder.agents.expel import frozen_insights
+
+        rules = frozen_insights(self.store, self.insight_set)
+        if not rules:
+            log.warning(
+                "no insights in the set %r of this memory; extract them first: "
+                "ponder memory extract-insights --memory DIR --name %s",
+                self.insight_set,
+                self.insight_set,
+            )
+        return rules
 
     def _others(self, records: list[Any], ctx: AgentContext) -> list[Any]:
         mine = (ctx.run_id, ctx.episode_id)
@@ -211,7 +301,7 @@ class MemoryModes:
         remember_reflection(self.store, text, trial, ctx, state["task_id"], self.agent, self.policy)
 
     def learn(self, state: EpisodeState, ctx: AgentContext, seed: int) -> dict[str, Any]:
-        """End-of-episode learning: reflect on a final failure, edit the insight set."""
+        """End-of-episode learning: reflect on a final failure, edit the insight set (online only)."""
         update: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0}
         trials = state.get("trials", [])
         if (
@@ -227,7 +317,7 @@ class MemoryModes:
             update["reflections"] = [text]
             update["prompt_tokens"] += c.prompt_tokens
             update["completion_tokens"] += c.completion_tokens
-        if "concept" in self.modes and trials:
+        if "concept" in self.modes and trials and self.insights == "online":
             p_tok, c_tok, ops, pending = self._extract_insights(state, ctx, seed)
             update["prompt_tokens"] += p_tok
             update["completion_tokens"] += c_tok
@@ -238,7 +328,9 @@ class MemoryModes:
     def _extract_insights(
         self, state: EpisodeState, ctx: AgentContext, seed: int
     ) -> tuple[int, int, list[str], dict[str, Any] | None]:
-        """Ask for insight operations; memory is written later, by ``remember`` (a node of its own)."""
+        """ExpeL-style (online): compare with the most similar past episode of the opposite outcome
+        (any task; ExpeL compares trials of the same task) and ask for operations on the top
+        ``k_insights`` rules (ExpeL shows all). Memory is written later, by ``remember``."""
         from ponder.memory.insights import comparison_prompt, parse_operations, pending_update
 
         success = bool(state.get("success"))
@@ -268,16 +360,19 @@ class MemoryModes:
         return remember_insights(self.store, state, ctx)
 
     def _book(self) -> Any:
+        """The online book: every insight but an extracted (frozen) ExpeL set, which no run edits."""
+        from ponder.agents.expel import EXPEL_AGENT
         from ponder.memory.insights import InsightBook
 
-        return InsightBook(self.store)
+        return InsightBook(self.store, where={"agent": {"$ne": EXPEL_AGENT}})
 
     def _prov(self, state: EpisodeState, ctx: AgentContext) -> Any:
         return agent_provenance(ctx, state["task_id"], self.agent, self.policy)
 
 
 def remember_insights(store: Any, state: Any, ctx: AgentContext) -> dict[str, Any]:
-    """A node's body: apply ``state["pending_insights"]`` (a ``pending_update``) and clear it.
+    """A node's body: apply ``state["pending_insights"]`` (a ``pending_update``, or a CLIN
+    ``memory.clin.pending_rewrite``) and clear it.
 
     Asking the model and writing memory are two nodes, so each is safe to re-run after a kill:
     the update is checkpointed before it is applied, and applying it twice changes nothing.
@@ -287,7 +382,12 @@ def remember_insights(store: Any, state: Any, ctx: AgentContext) -> dict[str, An
     pending = state.get("pending_insights")
     if not pending:
         return {}
-    report = apply_pending(InsightBook(store), pending)
+    if pending.get("kind") == "clin-rewrite":
+        from ponder.memory.clin import apply_rewrite
+
+        report: Any = apply_rewrite(store, pending)
+    else:
+        report = apply_pending(InsightBook(store), pending)
     log.info("insight operations for %s: %s", ctx.episode_id, report)
     return {"pending_insights": None}
 

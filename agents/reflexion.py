@@ -106,6 +106,8 @@ def _build(
     memory_k: int = 3,
     actor_search: Any = None,
     agent_tests: int = 0,
+    insights: str = "online",
+    insight_set: str = "expel",
     checkpointer: Any = None,
     name: str,
 ) -> Any:
@@ -126,6 +128,8 @@ def _build(
             agent=name,
             k_reflections=memory_k,
             learn_params=reflect_params,
+            insights=insights,
+            insight_set=insight_set,
         )
 
     def observe(state: EpisodeState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
@@ -245,7 +249,8 @@ def build_reflexion(policy: Policy, *, memory: Any = None, max_trials: int = 3, 
             ``actor_search`` (a ``ponder.agents.search_agent.SearchActor``: each attempt is a
             PRM-guided search on the reflection-augmented prompt), ``agent_tests`` (unit
             tests the model writes for itself first, in envs that run them: HumanEval),
-            ``checkpointer``.
+            ``insights`` (``"online"``: ExpeL-style extraction after each episode; ``"frozen"``:
+            recall the ExpeL set ``insight_set``, see ``ponder.agents.expel``), ``checkpointer``.
 
     Invoke with ``{"task_id": ...}`` and ``context=AgentContext(env=...)``.
     """

@@ -76,6 +76,11 @@ def reply(prompt: Any) -> str:
     text = "\n".join(m.content for m in prompt.messages) + prompt.assistant_prefix
     h = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
     time.sleep(0.02)  # spread the run over time, so random kills land in every node
+    if "memory of a task" in prompt.messages[0].content:  # CLIN's rewrite (ponder.memory.clin)
+        return (
+            f"1. Taking the key may be necessary to opening the chest (v{h % 3}).\n"
+            "2. Looking does not contribute to it."
+        )
     if "operation lines" in prompt.messages[0].content:
         if "cause-and-effect" in prompt.messages[0].content:
             return "ADD: taking the key may be necessary for opening the chest\nUPVOTE 1"

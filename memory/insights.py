@@ -1,9 +1,19 @@
-"""ExpeL-style insights: the extraction prompts, the parser of their replies, and the vote book.
+"""Insights with votes: the prompts of the online modes, the parser of operation replies, the book.
 
-A model compares a successful and a failed trajectory (``comparison_prompt``) or reflects on one
-trajectory CLIN-style (``causal_prompt``) and replies with operation lines on the numbered rules it
-was shown; ``parse_operations`` reads them and ``InsightBook.apply`` applies them to the store:
-ADD (or MERGE into a near-duplicate), EDIT, UPVOTE, DOWNVOTE, and RETIRE when net votes reach 0.
+The vote arithmetic is ExpeL's (arXiv 2308.10144; a new rule starts at 2, EDIT and UPVOTE +1,
+DOWNVOTE -1, or ``downvote_weight`` when the caller says the list is full; retired at 0). Three
+writers use it:
+
+- ExpeL-style *online* insights (``comparison_prompt``; ``agents.memory_nodes``): after each
+  episode, compared with the nearest opposite-outcome episode (often of another task), the top
+  rules shown. Not the paper's protocol, which ``agents.expel`` implements offline.
+- ExpeL's *offline* extraction (``agents.expel``: its own prompts, all rules shown).
+- CLIN-style *voted* lessons (``causal_prompt``; ``agents.embodied`` with ``concept="clin-voted"``):
+  one trial's steps, votes on the shown lessons. CLIN itself rewrites the memory: ``memory.clin``.
+
+The model replies with operation lines on the numbered rules it was shown; ``parse_operations``
+reads them and ``InsightBook.apply`` applies them to the store: ADD (or MERGE into a
+near-duplicate), EDIT, UPVOTE, DOWNVOTE, and RETIRE when net votes reach 0.
 
 Example:
     >>> import tempfile
@@ -98,7 +108,10 @@ def comparison_prompt(
     *,
     max_chars: int = 800,
 ) -> Prompt:
-    """ExpeL's insight extraction: compare attempts and reply with operations on the numbered rules.
+    """ExpeL-style (online) extraction: compare attempts, reply with operations on the numbered rules.
+
+    The online modes show only the top rules; ExpeL's own offline prompts (same task, all rules,
+    AGREE / REMOVE) are ``agents.expel.compare_prompt`` and ``success_prompt``.
 
     Trajectories and rules are quoted as data; with only successes (or only failures) the model is
     asked what they share. The reply is read by ``parse_operations(reply, n_shown=len(shown_insights))``.
@@ -127,7 +140,10 @@ def comparison_prompt(
 def causal_prompt(
     trajectory: Experience | str, outcome: str, shown: Sequence[Insight], *, max_chars: int = 800
 ) -> Prompt:
-    """CLIN's causal abstractions after one trial: "X may be necessary for Y", "X does not contribute to Y".
+    """CLIN-style (voted) causal lessons after one trial: "X may be necessary for Y", "X does not contribute to Y".
+
+    CLIN itself rewrites the whole memory after each trial (``memory.clin.rewrite_prompt``); this
+    prompt asks for edits and votes on the lessons shown instead.
 
     Parse the reply with ``parse_operations(reply, n_shown=len(shown), form="causal")`` and apply it
     with ``InsightBook.apply(..., form="causal")``.
@@ -203,6 +219,7 @@ _NUMBERING = re.compile(r"^[\[{(]?\s*\d+(?:\.\d+)+")
 _META = re.compile(r"\b(?:new|existing|previous|above|following|updated|old|other|the|these|those)\s+(?:rules|insights)\b|\b(?:new|existing|previous|above|this|that)\s+(?:rule|insight|response)\b|\brule list\b|\bthe rule that\b", re.I)  # fmt: skip
 _EQUATION = re.compile(r"\d\s*[-+*/x×]\s*\d+\s*=\s*-?\d")
 _WORD = re.compile(r"[^\W\d_]{2,}")
+_XY = re.compile(r"^\W*(?:<[^>]*>|X)\s.*\s(?:<[^>]*>|Y)\W*$")  # "X may be necessary to Y." echoed
 
 
 def _not_a_rule(text: str) -> str | None:
@@ -211,7 +228,7 @@ def _not_a_rule(text: str) -> str | None:
         return f"echoes the quoted data back: {text[:60]}"
     if _EQUATION.search(text):
         return f"restates one task's arithmetic, not a general rule: {text[:60]}"
-    if text[:1] + text[-1:] in ("[]", "{}"):
+    if text[:1] + text[-1:] in ("[]", "{}") or _XY.match(text):
         return f"repeats a placeholder {text[:60]}"
     if _NUMBERING.match(text):
         return f"starts with an echo of the list numbering: {text[:60]}"
@@ -332,6 +349,9 @@ def _last_change(ins: Insight) -> str:
 class InsightBook:
     """The insights in a store, with ExpeL's voting (a new rule starts at 2 up-votes; net <= 0 retires).
 
+    This book keeps no rule-count limit unless ``max_active`` is set; ExpeL's reference code has
+    none either (a full list only strengthens REMOVE: see ``agents.expel``).
+
     Args:
         store: a ``MemoryStore``; every change is written with ``store.add`` (upsert by id).
         merge_threshold: an ADD whose text has at least this cosine similarity to an active insight
@@ -396,11 +416,13 @@ class InsightBook:
         episode_ids: Sequence[str] = (),
         form: InsightForm = "rule",
         update_id: str | None = None,
+        downvote_weight: int = 1,
     ) -> ApplyReport:
         """Apply parsed operations; targets index (1-based) into ``shown``, the list the model saw.
 
         ADD stores a new insight (``form``) or merges into a near-duplicate; EDIT rewrites (+1, the
-        old text kept in history); UPVOTE +1 and ``episode_ids`` to ``supports``; DOWNVOTE +1 down
+        old text kept in history); UPVOTE +1 and ``episode_ids`` to ``supports``; DOWNVOTE adds
+        ``downvote_weight`` down-votes (1; ExpeL's reference code uses 3 once its list is full)
         and ``episode_ids`` to ``contradicts``, retiring at net <= 0. Each insight counts at most one
         up and one down operation per call. ``provenance`` gives run and episode ids for history.
 
@@ -415,6 +437,8 @@ class InsightBook:
             >>> book.apply([Operation("ADD", text="Read the task twice.")], shown=[]).added != []
             True
         """
+        if downvote_weight < 1:
+            raise ConfigError(f"downvote_weight must be >= 1, got {downvote_weight}")
         prov = provenance or Provenance()
         report, counted = ApplyReport(), set()
         done = self._applied(update_id) if update_id else set()
@@ -442,9 +466,10 @@ class InsightBook:
                 continue
             counted.add(key)
             if op.op == "DOWNVOTE":
-                ins.downvotes += 1
+                ins.downvotes += downvote_weight
                 ins.contradicts = list(dict.fromkeys([*ins.contradicts, *episode_ids]))
-                ins.history.append(self._event("DOWNVOTE", prov, ins.text, ins, **tag))
+                weight = {"weight": downvote_weight} if downvote_weight != 1 else {}
+                ins.history.append(self._event("DOWNVOTE", prov, ins.text, ins, **weight, **tag))
                 report.downvoted.append(ins.id)
                 if ins.net <= 0 and (not is_trusted(ins) or _trusted_update(prov)):
                     self._retire(ins, prov, f"net votes fell to {ins.net}", report)
@@ -573,6 +598,7 @@ def pending_update(
     provenance: Provenance,
     episode_ids: Sequence[str] = (),
     form: InsightForm = "rule",
+    downvote_weight: int = 1,
 ) -> dict[str, Any]:
     """An insight update as plain data, to checkpoint between asking the model and writing memory.
 
@@ -596,6 +622,7 @@ def pending_update(
         "provenance": dataclasses.asdict(provenance),
         "episode_ids": list(episode_ids),
         "form": form,
+        "downvote_weight": downvote_weight,
     }
 
 
@@ -611,4 +638,5 @@ def apply_pending(book: InsightBook, pending: Mapping[str, Any]) -> ApplyReport:
         episode_ids=pending["episode_ids"],
         form=pending["form"],
         update_id=pending["update_id"],
+        downvote_weight=int(pending.get("downvote_weight", 1)),
     )

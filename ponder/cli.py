@@ -85,6 +85,13 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--memory-modes", help="experiential,reflective,concept (any of them, or none); default none"
     )
+    p.add_argument(
+        "--concept",
+        choices=["expel-online", "expel-frozen", "clin", "clin-voted"],
+        help="how --memory-modes concept learns (default: expel-online for reflexion/retry, clin for "
+        "embodied agents)",
+    )
+    p.add_argument("--insight-set", help="the ExpeL set expel-frozen recalls (default expel)")
     s = p.add_argument_group("search (--agent search, or --actor-search with reflexion/retry)")
     s.add_argument("--algorithm", help="search algorithm (see 'ponder agents'); default beam")
     s.add_argument("--n", type=int, help="search width: samples, or beams x samples per beam (default 8)")
@@ -150,6 +157,8 @@ def _config_from_args(a: argparse.Namespace) -> Any:
         "memory_url": a.memory_url,
         "embedder": a.embedder,
         "memory_modes": a.memory_modes,
+        "concept": a.concept,
+        "insight_set": a.insight_set,
         "script": tuple(a.script) if a.script else None,
         "algorithm": a.algorithm,
         "n": a.n,

@@ -12,6 +12,13 @@ directory itself) or ``--memory-url URL`` (a Chroma server)::
     ponder memory import memory.jsonl --memory shared-memory
     ponder memory rm --run demo --memory shared-memory --yes
     ponder memory serve --memory runs/demo --port 8765
+    ponder memory extract-insights --memory shared-memory --run train --policy local
+
+``extract-insights`` is ExpeL's offline extraction (``ponder.agents.expel``): rules from the
+training episodes in the store, to be recalled frozen (``--memory-modes concept`` with the
+frozen ExpeL mode). It writes, so it takes the writer lock, and checkpoints its steps in
+``DIR/expel-NAME.sqlite``: a killed extraction resumes where it stopped, and a finished one
+run again changes nothing.
 
 Read commands open the store read-only (they work while a run writes it); ``import`` and ``rm``
 take the writer lock. Tables are for people, ``--json`` prints one JSON document for scripts. Record
@@ -254,6 +261,63 @@ def cmd_rm(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_extract_insights(a: argparse.Namespace) -> int:
+    import sqlite3
+    from contextlib import ExitStack
+
+    from ponder.agents.expel import extract_insights
+    from ponder.models.factory import make_policy
+    from ponder.models.types import SamplingParams
+
+    where = {k: v for k, v in {"env": a.env, "run_id": a.run}.items() if v is not None}
+    policy = make_policy(a.policy, model=a.model, base_url=a.base_url, script=a.script or ())
+    with ExitStack() as stack:
+        store = stack.enter_context(_open(a, mode="w"))
+        saver = None
+        if store.path is not None:
+            from langgraph.checkpoint.sqlite import SqliteSaver
+
+            conn = sqlite3.connect(store.path / f"expel-{a.name}.sqlite", check_same_thread=False)
+            stack.callback(conn.close)
+            saver = SqliteSaver(conn)
+        report = extract_insights(
+            store,
+            policy,
+            where=where or None,
+            batch_size=a.batch_size,
+            max_rules=a.max_rules,
+            seed=a.seed,
+            name=a.name,
+            params=SamplingParams(max_tokens=a.max_tokens, temperature=a.temperature),
+            checkpointer=saver,
+        )
+        label = _label(store)
+    if a.json:
+        _print_json(
+            {
+                **{k: getattr(report, k) for k in ("name", "seed", "compare_steps", "success_steps")},
+                "skipped_steps": report.skipped_steps,
+                "asked": len(report.log),
+                "log": report.log,
+                "rules": [{**r.to_dict(), "net": r.net} for r in report.rules],
+            }
+        )
+        return 0
+    con = _console()
+    t = Table("#", "net", "rule", "id", title=_plain(f"ExpeL insight set {report.name!r} in {label}"))
+    for n, r in enumerate(report.rules, 1):
+        t.add_row(str(n), f"{r.net:+d}", _plain(r.text, 300), Text(r.id, no_wrap=True))
+    con.print(t)
+    con.print(
+        _plain(
+            f"{report.compare_steps} same-task comparison(s), {report.success_steps} success batch(es); "
+            f"{len(report.log)} asked now, {report.skipped_steps} done before; "
+            f"{report.prompt_tokens + report.completion_tokens} tokens"
+        )
+    )
+    return 0
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     from ponder.memory.web import serve
 
@@ -440,6 +504,34 @@ def add_memory_parser(subparsers: Any) -> argparse.ArgumentParser:
     _filters(rm, rm=True)
     rm.add_argument("--all", action="store_true", help="delete every record")
     rm.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+
+    p = cmd(
+        "extract-insights",
+        cmd_extract_insights,
+        "ExpeL offline: rules from the training episodes of a store (same-task success/failure "
+        "pairs, then batches of successes), stored as a set that runs recall frozen",
+    )
+    p.add_argument("--env", help="only experiences of this env")
+    p.add_argument("--run", help="only experiences of this run (the training run)")
+    p.add_argument("--name", default="expel", help="the set's name (default expel): runs recall it by name")
+    p.add_argument(
+        "--seed", type=int, default=0, help="shuffles the success batches, seeds sampling (default 0)"
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="successes per batch (default 8, as ExpeL)")
+    p.add_argument(
+        "--max-rules", type=int, default=20, help="rules at which the list is full (default 20, as ExpeL)"
+    )
+    p.add_argument(  # ponder.models.factory.POLICY_KINDS, not imported here: it loads torch
+        "--policy", choices=("local", "openai", "scripted"), default="local", help="who writes the rules"
+    )
+    p.add_argument("--model", help="local path or model name (default: the packaged SmolLM2)")
+    p.add_argument("--base-url", help="an OpenAI-compatible server (--policy openai)")
+    p.add_argument("--script", action="append", metavar="REPLY", help="replies of --policy scripted")
+    p.add_argument("--max-tokens", type=int, default=256, help="new tokens per reply (default 256)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0)")
+    p.add_argument(
+        "--lock-timeout", type=float, default=10.0, metavar="S", help="wait S seconds for a writer"
+    )
 
     p = cmd("serve", cmd_serve, "browse and search the memory in a local web page", json_flag=False)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")

@@ -60,6 +60,12 @@ class RunConfig:
         memory_modes: learning modes of agents that use memory: any of ``experiential``,
             ``reflective``, ``concept``. Empty (the default): agents write memory but recall
             nothing from it; opt in, since recalled text can also mislead a small model.
+        concept: how the ``concept`` memory mode learns: ``expel-online`` (reflexion/retry
+            default: ExpeL-style, online), ``expel-frozen`` (recall an ExpeL set extracted by
+            ``ponder memory extract-insights``, never written), ``clin`` (embodied default: CLIN's
+            rewrite after each trial), ``clin-voted`` (embodied: CLIN-style votes); None: the
+            agent's default.
+        insight_set: the ExpeL set ``expel-frozen`` recalls (``extract-insights --name``).
         resume: continue an existing run directory.
         script: replies of the ``scripted`` policy.
         algorithm: the search algorithm of the ``search`` agent and of ``actor_search``
@@ -108,6 +114,8 @@ class RunConfig:
     memory_url: str | None = None
     embedder: str = "minilm"
     memory_modes: tuple[str, ...] = ()
+    concept: str | None = None
+    insight_set: str = "expel"
     resume: bool = False
     script: tuple[str, ...] = ()
     algorithm: str = "beam"
@@ -180,9 +188,11 @@ class RunConfig:
                 "use --agent search --algorithm NAME to search alone"
             )
         object.__setattr__(self, "script", tuple(self.script))
-        from ponder.agents.memory_nodes import parse_memory_modes
+        from ponder.agents import EMBODIED
+        from ponder.agents.memory_nodes import concept_options, parse_memory_modes
 
         object.__setattr__(self, "memory_modes", parse_memory_modes(self.memory_modes))
+        concept_options(self.concept, embodied=self.agent in EMBODIED, insight_set=self.insight_set)
 
     @property
     def oracle(self) -> bool:

@@ -95,6 +95,8 @@ DEFINING = (
     "memory_url",
     "embedder",
     "memory_modes",
+    "concept",
+    "insight_set",
     "script",
     "algorithm",
     "n",
@@ -279,11 +281,14 @@ def agent_options(cfg: RunConfig, policy: Policy) -> dict[str, Any]:
         return {"params": params, "topology": cfg.topology, "n_agents": cfg.agents, "rounds": cfg.rounds}
     if cfg.agent == "debate":
         return {"params": params, "n_agents": cfg.agents, "rounds": cfg.rounds, "aggregator": cfg.aggregator}
+    from ponder.agents.memory_nodes import concept_options
+
+    concept = concept_options(cfg.concept, embodied=cfg.agent in EMBODIED, insight_set=cfg.insight_set)
     if cfg.agent in EMBODIED:
-        return {"params": params, "memory_modes": cfg.memory_modes, "max_steps": cfg.env_steps}
+        return {"params": params, "memory_modes": cfg.memory_modes, "max_steps": cfg.env_steps, **concept}
     tests = {"agent_tests": cfg.agent_tests} if cfg.agent_tests else {}
     if cfg.agent != "search" and not cfg.actor_search:
-        return {"params": params, "memory_modes": cfg.memory_modes, **tests}
+        return {"params": params, "memory_modes": cfg.memory_modes, **tests, **concept}
     from ponder.agents.search_agent import SearchActor
     from ponder.models.factory import make_prm
 
@@ -299,7 +304,7 @@ def agent_options(cfg: RunConfig, policy: Policy) -> dict[str, Any]:
     if cfg.agent == "search":
         return {"prm": prm, "params": step, **search}
     actor = SearchActor(policy, prm, step_params=step, **search)
-    return {"params": params, "memory_modes": cfg.memory_modes, "actor_search": actor, **tests}
+    return {"params": params, "memory_modes": cfg.memory_modes, "actor_search": actor, **tests, **concept}
 
 
 def _episode_id(task_id: str, seed: int) -> str:

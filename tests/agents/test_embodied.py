@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 
@@ -209,14 +210,21 @@ def test_clin_lessons_are_written_and_recalled_by_later_episodes(tmp_path):
     store = _store(tmp_path)
     try:
         graph = build_embodied_agent(
-            ScriptedPolicy(reply), memory=store, max_steps=5, max_trials=1, memory_modes="concept"
+            ScriptedPolicy(reply),
+            memory=store,
+            max_steps=5,
+            max_trials=1,
+            memory_modes="concept",
+            concept="clin-voted",
         )
         out = _run(graph, "toy/chest", run_id="r", episode_id="e1")
         assert out["insight_ops"] == ["ADD taking the key may be necessary for opening the chest"]
         [ins] = store.list(kind="insight")
         assert ins.form == "causal" and ins.status == "active" and ins.provenance.task_id == "toy/chest"
         policy = ScriptedPolicy(reply)
-        graph = build_embodied_agent(policy, memory=store, max_steps=5, max_trials=1, memory_modes="concept")
+        graph = build_embodied_agent(
+            policy, memory=store, max_steps=5, max_trials=1, memory_modes="concept", concept="clin-voted"
+        )
         out = _run(graph, "toy/chest", run_id="r", episode_id="e2")
         first = _text(policy.prompts[0])
         assert "Lessons learned" in first and "> - taking the key may be necessary" in first
@@ -301,7 +309,8 @@ def test_a_resumed_episode_replays_the_trial_in_a_fresh_env():
     assert out["success"] and [s["action"] for s in out["trials"][0]["steps"]] == WALK("toy/apple")
 
 
-def test_lessons_of_one_trial_reach_the_next_trial_of_the_same_episode(tmp_path):
+@pytest.mark.parametrize("concept", ["clin", "clin-voted"])
+def test_lessons_of_one_trial_reach_the_next_trial_of_the_same_episode(tmp_path, concept):
     """CLIN within a task: the lesson written after trial 1 is in trial 2's prompt."""
     lesson = "ADD: dropping the lamp does not contribute to putting it on the shelf"
 
@@ -313,7 +322,9 @@ def test_lessons_of_one_trial_reach_the_next_trial_of_the_same_episode(tmp_path)
     store = _store(tmp_path)
     try:
         policy = ScriptedPolicy(reply)
-        graph = build_embodied_agent(policy, memory=store, max_steps=5, max_trials=2, memory_modes="concept")
+        graph = build_embodied_agent(
+            policy, memory=store, max_steps=5, max_trials=2, memory_modes="concept", concept=concept
+        )
         out = _run(graph, "toy/lamp", run_id="r", episode_id="e1")
         acts = [p for p in policy.prompts if "Actions you can take" in _text(p)]
         assert "dropping the lamp does not contribute" not in _text(acts[0])
@@ -321,3 +332,186 @@ def test_lessons_of_one_trial_reach_the_next_trial_of_the_same_episode(tmp_path)
         assert out["success"]
     finally:
         store.close()
+
+
+# ------------------------------------------------------------------------------------ CLIN (reference)
+def _rewriter(prompt) -> str:
+    """Fails the lamp task every trial; a memory rewrite answers a list one version newer than the
+    newest it reads (a reply that depends on the prompt only, as a resumed node needs)."""
+    if "memory of a task" in prompt.messages[0].content:
+        n = 1 + max(map(int, re.findall(r"\(v(\d+)\)", _text(prompt))), default=0)
+        return (
+            f"Here is the memory:\n1. Dropping the lamp does not contribute to shelving it (v{n}).\n"
+            f"2. Taking the lamp may be necessary to shelving it (v{n}).\n3. Be careful (v{n})."
+        )
+    return "Action: drop lamp" if "drop lamp" in _actions(_text(prompt)) else "Action: take lamp"
+
+
+def test_clin_rewrite_replaces_the_memory_and_reads_the_last_k(tmp_path):
+    from ponder.memory.clin import current_lessons, generations
+
+    policy = ScriptedPolicy(_rewriter)
+    store = _store(tmp_path)
+    try:
+        graph = build_embodied_agent(
+            policy,
+            memory=store,
+            max_steps=5,
+            max_trials=5,
+            reflect=False,
+            memory_modes="concept",
+            concept="clin",
+        )
+        out = _run(graph, "toy/lamp", run_id="r", episode_id="e1")
+        gens = generations(store, "toy/lamp")
+        assert not out["success"] and len(gens) == 5
+        assert [g.active for g in gens] == [False, False, False, False, True]  # replaced, kept
+        assert all(len(g.lessons) == 2 for g in gens)  # "Be careful" is no causal statement
+        assert [i.text for i in current_lessons(store, "toy/lamp")] == gens[-1].lessons
+        for older, newer in itertools.pairwise(gens):
+            retired = store.get_many(older.ids)
+            assert all(i.status == "retired" for i in retired)
+            assert {i.history[-1]["update"] for i in retired} == {newer.update_id}
+            assert (
+                newer.ids[0] != older.ids[0] and store.get(newer.ids[0]).history[0]["replaces"] == older.ids
+            )
+        rewrites = [_text(p) for p in policy.prompts if "memory of a task" in p.messages[0].content]
+        acts = [_text(p) for p in policy.prompts if "Actions you can take" in _text(p)]
+        for n, prompt in enumerate(rewrites):  # trial n reads the memories of trials n-3 .. n-1
+            seen = [v for v in range(1, 6) if f"(v{v})" in prompt]
+            assert seen == list(range(max(1, n - 2), n + 1)), (n, seen)
+            assert "CURRENT TRACE" in prompt and "> drop lamp -> " in prompt and "score 0/100" in prompt
+        # each trial's actor sees the memory as the previous trial left it, and only that
+        for n, prompt in enumerate(acts[2::2], 1):
+            assert f"(v{n})" in prompt and f"(v{n - 1})" not in prompt
+    finally:
+        store.close()
+
+
+def test_clin_rewrite_without_a_lesson_keeps_the_memory(tmp_path):
+    from ponder.memory.clin import generations
+
+    replies = iter(["1. Taking the lamp may be necessary to shelving it.", "I am not sure what to say."])
+
+    def reply(prompt) -> str:
+        if "memory of a task" in prompt.messages[0].content:
+            return next(replies)
+        return "Action: drop lamp" if "drop lamp" in _actions(_text(prompt)) else "Action: take lamp"
+
+    store = _store(tmp_path)
+    try:
+        graph = build_embodied_agent(
+            ScriptedPolicy(reply),
+            memory=store,
+            max_steps=5,
+            max_trials=2,
+            reflect=False,
+            memory_modes="concept",
+        )
+        out = _run(graph, "toy/lamp", run_id="r", episode_id="e1")
+        [gen] = generations(store, "toy/lamp")
+        assert gen.active and out["insight_ops"] == [
+            "REWRITE 1: Taking the lamp may be necessary to shelving it."
+        ]
+    finally:
+        store.close()
+
+
+def _memory(store):
+    """Memory records without their times: what a resumed run must end with."""
+    out = []
+    for r in store.list():
+        d = r.to_dict()
+        d["provenance"].pop("created_at")
+        for ev in d.get("history", []):
+            ev.pop("at", None)
+        out.append(d)
+    return sorted(out, key=lambda d: d["id"])
+
+
+def test_clin_rewrite_is_written_once_when_a_kill_lands_anywhere(tmp_path):
+    """Killed after any checkpoint write and resumed, or its remember node run again: the same memory."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from ponder.agents.memory_nodes import remember_insights
+    from ponder.memory import MemoryStore
+
+    class Killing(InMemorySaver):
+        def __init__(self, at):
+            super().__init__()
+            self.at, self.n = at, 0
+
+        def _count(self):
+            self.n += 1
+            if self.n == self.at:
+                raise KeyboardInterrupt("killed")
+
+        def put(self, *a, **kw):
+            out = super().put(*a, **kw)
+            self._count()
+            return out
+
+        def put_writes(self, *a, **kw):
+            out = super().put_writes(*a, **kw)
+            self._count()
+            return out
+
+    def episode(path, at=0):
+        store = MemoryStore.open(path, embedder="hashing")
+        saver = Killing(at)
+        kw = dict(max_steps=2, max_trials=3, reflect=False, memory_modes="concept", concept="clin")
+        graph = build_embodied_agent(ScriptedPolicy(_rewriter), memory=store, checkpointer=saver, **kw)
+        config = {"configurable": {"thread_id": "e1"}}
+        ctx = dict(context=AgentContext(env=ToyRoomsEnv(), run_id="r", episode_id="e1"))
+        try:  # sync: a checkpoint is written before the next step runs, so the kill stops the episode
+            graph.invoke({"task_id": "toy/lamp"}, config, durability="sync", **ctx)
+        except KeyboardInterrupt:
+            saver.at = 0
+            graph.invoke(None, config, **ctx)
+        return store, graph, config, saver.n
+
+    ref, graph, config, writes = episode(tmp_path / "ref")
+    expected = _memory(ref)
+    assert len([r for r in expected if r["status"] == "active"]) == 2
+    # the remember node run again from its checkpoint: nothing changes
+    before = next(s for s in graph.get_state_history(config) if s.next == ("remember",))
+    remember_insights(ref, before.values, AgentContext(env=ToyRoomsEnv(), run_id="r", episode_id="e1"))
+    assert _memory(ref) == expected
+    ref.close()
+    for at in range(1, writes):
+        store, *_ = episode(tmp_path / f"k{at}", at)
+        assert _memory(store) == expected, at
+        store.close()
+
+
+def test_expel_frozen_rules_are_shown_whole_and_never_change(tmp_path):
+    from ponder.agents.expel import EXPEL_AGENT, frozen_insights
+    from ponder.memory import Insight, Provenance
+
+    store = _store(tmp_path)
+    try:
+        for n in range(7):  # more than memory_k
+            store.add(
+                Insight(
+                    f"Rule {n}: look before you act, step {n}.",
+                    provenance=Provenance(run_id="expel", agent=EXPEL_AGENT),
+                )
+            )
+        before = _memory(store)
+        policy = ScriptedPolicy(_lamp_policy())
+        graph = build_embodied_agent(
+            policy, memory=store, max_steps=5, max_trials=2, memory_modes="concept", concept="expel-frozen"
+        )
+        out = _run(graph, "toy/lamp", run_id="r", episode_id="e1")
+        assert len(out["insights"]) == 7 and out["success"]
+        assert all(
+            "look before you act" in _text(p) for p in policy.prompts if "Actions you can take" in _text(p)
+        )
+        assert _memory(store) == before and len(frozen_insights(store)) == 7
+    finally:
+        store.close()
+
+
+def test_unknown_concept_is_refused():
+    with pytest.raises(ConfigError, match="concept must be clin, clin-voted or expel-frozen"):
+        build_embodied_agent(ScriptedPolicy(["x"]), concept="expel-online")

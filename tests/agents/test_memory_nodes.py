@@ -25,7 +25,7 @@ def _text(prompt):
     return "\n".join(m.content for m in prompt.messages)
 
 
-def _stream(tmp_path, modes, fn, name, tasks=4):
+def _stream(tmp_path, modes, fn, name, tasks=4, **kw):
     cfg = RunConfig(
         agent="reflexion",
         tasks=tasks,
@@ -39,6 +39,7 @@ def _stream(tmp_path, modes, fn, name, tasks=4):
         memory_modes=modes,
         name=name,
         env_kwargs={"level": 1},
+        **kw,
     )
     return run(cfg, policy=ScriptedPolicy(fn), progress=False)
 
@@ -209,3 +210,96 @@ def test_only_verified_successes_become_worked_examples(tmp_path):
     with pytest.raises(ConfigError, match="untrusted_experiences"):
         recall(untrusted_experiences="show")
     store.close()
+
+
+# ------------------------------------------------------------------ ExpeL: online (-style) vs frozen
+def test_concept_options_map_names_to_factory_arguments():
+    from ponder.agents.memory_nodes import CONCEPT_MODES, concept_options
+
+    assert concept_options(None, embodied=False) == {} == concept_options(None, embodied=True)
+    assert concept_options("expel-online", embodied=False) == {"insights": "online"}
+    assert concept_options("expel-frozen", embodied=False) == {"insights": "frozen"}
+    assert concept_options("expel-frozen", embodied=True) == {"concept": "expel-frozen"}
+    assert concept_options("clin-voted", embodied=True, insight_set="v2") == {"concept": "clin-voted"}
+    assert concept_options("expel-frozen", embodied=False, insight_set="v2") == {
+        "insights": "frozen",
+        "insight_set": "v2",
+    }
+    assert set(CONCEPT_MODES) == {"expel-online", "expel-frozen", "clin", "clin-voted"}
+    with pytest.raises(
+        ConfigError, match="not for single-step agents; they take: expel-online, expel-frozen"
+    ):
+        concept_options("clin", embodied=False)
+    with pytest.raises(ConfigError, match="unknown concept mode 'expel'"):
+        concept_options("expel", embodied=True)
+
+
+def _frozen_set(path, n=7):
+    from ponder.agents.expel import EXPEL_AGENT
+    from ponder.memory import Insight, Provenance
+
+    with MemoryStore.open(path, embedder="hashing") as store:
+        for i in range(n):
+            store.add(
+                Insight(
+                    f"Frozen rule {i}: add the ones first.",
+                    provenance=Provenance(run_id="expel", agent=EXPEL_AGENT),
+                )
+            )
+        return _insights(store)
+
+
+def _insights(store):
+    return sorted(
+        (i.id, i.text, i.upvotes, i.downvotes, i.status, len(i.history)) for i in store.list(kind="insight")
+    )
+
+
+def _asks_rules(prompt):
+    system = prompt.messages[0].content.lower()
+    return "rule" in system or "insight" in system
+
+
+def test_frozen_insights_are_all_shown_and_never_change_during_a_run(tmp_path):
+    before = _frozen_set(tmp_path / "mem")
+    seen, asked = [], []
+
+    def policy(prompt):
+        if _asks_rules(prompt):
+            asked.append(prompt)
+            return "ADD: Something new.\nDOWNVOTE 1\nEDIT 2: Changed."
+        seen.append(_text(prompt))
+        return "Answer: 0"
+
+    _stream(tmp_path, "concept", policy, "frozen", tasks=4, concept="expel-frozen")
+    assert asked == []  # frozen: the model is never asked for operations
+    assert all(all(f"Frozen rule {i}:" in p for i in range(7)) for p in seen)  # all rules, not the top 5
+    with MemoryStore.open(tmp_path / "mem") as store:
+        assert _insights(store) == before
+
+
+def test_online_mode_never_edits_an_extracted_set(tmp_path):
+    before = _frozen_set(tmp_path / "mem")
+    env = make("math", level=1, num_tasks=6, seed=0)
+    answers = {t.question: t.answer for t in env.tasks.values()}
+    calls, seen = {"n": 0}, []
+
+    def policy(prompt):
+        if "Diagnose" in prompt.messages[0].content:
+            return "I added too fast."
+        if _asks_rules(prompt):
+            return "ADD: Count on from the larger number.\nDOWNVOTE 1\nEDIT 2: Changed rule."
+        seen.append(_text(prompt))
+        calls["n"] += 1
+        q = prompt.messages[-1].content.splitlines()[0]
+        return f"Answer: {answers[q]}" if calls["n"] % 2 else "Answer: 0"
+
+    _stream(tmp_path, "concept", policy, "online", tasks=6)
+    assert not any("Frozen rule" in p for p in seen)
+    with MemoryStore.open(tmp_path / "mem") as store:
+        from ponder.agents.expel import EXPEL_AGENT
+
+        frozen = [i for i in _insights(store) if i[1].startswith("Frozen rule")]
+        assert frozen == before
+        online = [i for i in store.list(kind="insight") if i.provenance.agent != EXPEL_AGENT]
+        assert [i.text for i in online] == ["Count on from the larger number."]

@@ -107,3 +107,12 @@ def test_feedback_level_and_oracle_are_part_of_a_run(tmp_path):
     del saved["feedback"], saved["oracle"]
     (tmp_path / "o" / "config.yaml").write_text(yaml.safe_dump(saved))
     assert RunConfig.from_yaml(tmp_path / "o" / "config.yaml").feedback == "directional"
+
+
+def test_concept_modes_are_checked_against_the_agent():
+    assert RunConfig(agent="embodied", env="toy-rooms", concept="clin-voted").concept == "clin-voted"
+    assert RunConfig(agent="reflexion", concept="expel-frozen", insight_set="v2").insight_set == "v2"
+    with pytest.raises(ConfigError, match="not for single-step agents"):
+        RunConfig(agent="reflexion", concept="clin")
+    with pytest.raises(ConfigError, match="unknown concept mode"):
+        RunConfig(agent="reflexion", concept="expel")

@@ -480,3 +480,32 @@ def test_end_to_end_causal_insights(book):
     report = book.apply(ops, shown=[], provenance=PROV, form="causal", episode_ids=["ep-1"])
     assert len(report.added) == 2 and len(ops.skipped) == 1
     assert {i.form for i in book.active()} == {"causal"}
+
+
+def test_downvote_weight_counts_several_votes_and_is_kept_in_pending_updates(book):
+    """ExpeL's reference code removes 3 votes instead of 1 once its list is full."""
+    from ponder.memory.insights import apply_pending, pending_update
+
+    book.apply([Operation("ADD", text="Check the units before answering.")], shown=[])
+    book.apply([Operation("ADD", text="Show every step of the work.")], shown=[])
+    shown = book.active()
+    todo = pending_update(
+        [Operation("DOWNVOTE", 1)], shown[:1], update_id="u/full", provenance=PROV, downvote_weight=3
+    )
+    report = apply_pending(book, todo)
+    assert report.downvoted and report.retired  # 2 - 3 < 0
+    gone = book.store.get(shown[0].id)
+    assert gone.downvotes == 3 and gone.history[-2]["weight"] == 3 and gone.status == "retired"
+    assert apply_pending(book, todo).downvoted == []  # idempotent by update_id, weight and all
+    report = book.apply([Operation("DOWNVOTE", 1)], shown=book.active())
+    assert book.store.get(shown[1].id).net == 1  # the default weight is 1
+    with pytest.raises(ConfigError, match="downvote_weight must be >= 1"):
+        book.apply([], shown=[], downvote_weight=0)
+
+
+@pytest.mark.parametrize(
+    "line", ["ADD: X does not contribute to Y.", "ADD: <action X> may be necessary for <goal Y>"]
+)
+def test_echoes_of_the_causal_template_are_refused(line):
+    ops = parse_operations(line, form="causal")
+    assert not ops and "placeholder" in ops.skipped[0][1]
