@@ -8,6 +8,12 @@ the search chose. With ``max_trials > 1`` a failed search is searched again with
 one search on a prompt, saves the tree the search explored next to the run (JSON, and a PNG
 for the first episodes), and returns the chosen solution with what it cost.
 
+Each search's summary (``episode["searches"]``) says whether it was an ORACLE search:
+``"oracle": True`` when the gold answer took part in a decision inside the search (the
+``"verifier"`` PRM, LATS' env reward, MCTS with ``use_env_reward``), with the reasons in
+``"oracle_sources"``. The environment's grading of the answer the search returned is the
+episode's outcome, not part of the search, and does not count.
+
 ::
 
     observe -> search -> evaluate --success or last trial--> END
@@ -58,12 +64,14 @@ class SearchActor:
 
     Attributes:
         policy: generates the steps.
-        prm: a PRM, ``"verifier"`` (the env's verifier as outcome reward, per task: an oracle
-            for comparisons) or None (algorithms that need no PRM, e.g. ``majority``).
+        prm: a PRM, ``"verifier"`` (the env's verifier as outcome reward, per task: an ORACLE,
+            it reads the gold answer; for upper bounds, not for honest results) or None
+            (algorithms that need no PRM: ``majority``, ``lats`` with its LM value).
         algorithm: a name in ``ponder.search.ALGORITHMS``.
         n: the algorithm's width (samples, beams x width, ...).
         options: extra keyword options of the algorithm (``beam_width``, ``iterations``, ...).
-        budget: generated tokens per search at most (None: the algorithm's own bound).
+        budget: generated tokens per search at most (None: the algorithm's own bound); a search
+            passes it by less than one sample's ``max_tokens``, and an LLM judge's tokens count.
         step_params: sampling per step (``max_tokens`` is per step).
         max_steps: steps per solution at most.
         separator: between steps.
@@ -127,6 +135,8 @@ class SearchActor:
             "budget": result.budget,
             "candidates": len(result.candidates),
             "nodes": len(result.tree),
+            "oracle": result.oracle,
+            "oracle_sources": result.oracle_sources,
         }
         if ctx.artifacts is not None:
             # paths relative to the artifacts dir (the run dir), so a moved run still finds them
@@ -174,7 +184,8 @@ def check_search_settings(algorithm: str, *, has_prm: bool, n: int, budget: int 
     if not has_prm and algorithm not in NO_PRM:
         raise ConfigError(
             f"search algorithm {algorithm!r} needs a PRM; pass --prm PATH (from 'ponder prm "
-            "train'), --prm verifier (oracle) or --prm judge, or use --algorithm majority"
+            "train'), --prm judge, or --prm verifier (an oracle: it reads the gold answer), or use "
+            "--algorithm majority or lats"
         )
     if budget is not None and budget < 1:
         raise ConfigError(f"the search budget must be >= 1 generated tokens, got {budget}")
@@ -204,7 +215,7 @@ def build_search_agent(
     Args:
         policy: any ``ponder.models.Policy``.
         prm: a PRM (``ponder.models.HFPRM(path)``, ``ValueHeadPRM``, ``LLMJudgePRM``...),
-            ``"verifier"`` (oracle) or None for PRM-free algorithms.
+            ``"verifier"`` (an oracle: reads the gold answer) or None for PRM-free algorithms.
         algorithm: a name in ``ponder.search.ALGORITHMS``.
         n: the search width.
         budget: generated tokens per search at most.

@@ -4,6 +4,14 @@
 list of steps, and returns one score in [0, 1] per step. How step scores become one
 solution score is a separate choice (``aggregate_scores``), as in search-and-learn.
 
+Every implementation says what it is made of, so results can be labelled honestly:
+
+- ``oracle``: True when the PRM reads the gold answer (``VerifierPRM`` runs the env's
+  verifier). A search that used an oracle PRM returns ``SearchResult.oracle = True``. A
+  ``FunctionPRM`` built from a rule that knows the answer must be made with ``oracle=True``.
+- ``generates``: True when scoring generates text (``LLMJudgePRM``); a search charges those
+  tokens to its generated-token budget (``usage.generated`` counts them).
+
 Example:
     >>> aggregate_scores([0.9, 0.5, 0.8], "min")
     0.5
@@ -27,6 +35,7 @@ __all__ = [
     "FunctionPRM",
     "PRMUsage",
     "aggregate_scores",
+    "check_candidates",
     "score_trajectory",
     "trajectory_steps",
 ]
@@ -68,12 +77,18 @@ class PRMUsage:
 
     calls: int = 0
     tokens: int = 0
+    #: tokens the PRM generated (an LLM judge's replies); 0 for PRMs that only read
+    generated: int = 0
+    #: steps that got the neutral score because the generation budget did not allow grading them
+    ungraded: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def record(self, tokens: int) -> None:
+    def record(self, tokens: int, *, generated: int = 0, ungraded: int = 0) -> None:
         with self._lock:
             self.calls += 1
             self.tokens += int(tokens)
+            self.generated += int(generated)
+            self.ungraded += int(ungraded)
 
 
 class BasePRM(ABC):
@@ -81,42 +96,65 @@ class BasePRM(ABC):
 
     ``steps`` is a batch of candidate solutions to one question, each a list of steps; the
     result has one score in [0, 1] per step.
+
+    Attributes:
+        oracle: the PRM reads the gold answer (default False; ``VerifierPRM`` is True).
+        generates: scoring generates text that counts as compute (default False).
     """
 
     name: str = "prm"
+    oracle: bool = False
+    generates: bool = False
 
     def __init__(self) -> None:
         self.usage = PRMUsage()
 
     def score(self, question: str, steps: Sequence[Sequence[str]]) -> list[list[float]]:
-        if isinstance(steps, str) or any(isinstance(c, str) for c in steps):
-            raise ConfigError("PRM.score takes a list of candidates, each a list of step strings")
-        if not steps:
+        candidates = check_candidates(steps)
+        if not candidates:
             return []
-        scores, tokens = self._score(question, [list(c) for c in steps])
+        scores, tokens = self._score(question, candidates)
         self.usage.record(tokens)
-        if [len(s) for s in scores] != [len(c) for c in steps]:
-            raise ConfigError(f"{self.name} returned scores that do not match the steps given")
+        self._check_shape(scores, candidates)
         return scores
+
+    def _check_shape(self, scores: Sequence[Sequence[float]], candidates: Sequence[Sequence[str]]) -> None:
+        if [len(s) for s in scores] != [len(c) for c in candidates]:
+            raise ConfigError(f"{self.name} returned scores that do not match the steps given")
 
     @abstractmethod
     def _score(self, question: str, steps: list[list[str]]) -> tuple[list[list[float]], int]:
         """Scores per step, and how many tokens were read to get them."""
 
 
+def check_candidates(steps: Sequence[Sequence[str]]) -> list[list[str]]:
+    """``steps`` as a list of candidates (lists of step strings), or a ConfigError."""
+    if isinstance(steps, str) or any(isinstance(c, str) for c in steps):
+        raise ConfigError("PRM.score takes a list of candidates, each a list of step strings")
+    return [list(c) for c in steps]
+
+
 class FunctionPRM(BasePRM):
     """A rule as a PRM: ``fn(question, steps_so_far) -> score`` for each step (tests, oracles).
+
+    Pass ``oracle=True`` when the rule knows the answer: searches that use it are then
+    marked as oracle results.
 
     Example:
         >>> prm = FunctionPRM(lambda q, steps: 1.0 if "5" in steps[-1] else 0.2)
         >>> prm.score("2 + 3?", [["2 + 3 = 5"], ["2 + 3 = 6", "Answer: 5"]])
         [[1.0], [0.2, 1.0]]
+        >>> prm.oracle, FunctionPRM(lambda q, steps: 1.0, oracle=True).oracle
+        (False, True)
     """
 
-    def __init__(self, fn: Callable[[str, list[str]], float], name: str = "function-prm"):
+    def __init__(
+        self, fn: Callable[[str, list[str]], float], name: str = "function-prm", *, oracle: bool = False
+    ):
         super().__init__()
         self.fn = fn
         self.name = name
+        self.oracle = oracle
 
     def _score(self, question: str, steps: list[list[str]]) -> tuple[list[list[float]], int]:
         out = [[float(self.fn(question, c[: i + 1])) for i in range(len(c))] for c in steps]

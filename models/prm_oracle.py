@@ -2,15 +2,21 @@
 
 ``VerifierPRM`` turns an environment's verifier into an outcome reward: every step but the
 last of a candidate gets a neutral score, the last gets 1.0 if the whole solution passes and
-0.0 if not. It needs the answer key, so it is for oracle comparisons (how good could search
-be with a perfect outcome signal), not for honest evaluation.
+0.0 if not. It reads the gold answer, so it is an ORACLE (``oracle = True``): for comparisons
+(how good could search be with a perfect outcome signal), never for honest evaluation; a
+search that uses it returns ``SearchResult.oracle = True``. It is not an LM value function.
 
 ``LLMJudgePRM`` asks a policy to grade each step in words, for setups where the only model
-is behind an API. Each (candidate, step) becomes one prompt showing the question and the
-steps so far, quoted as data, and asking for a final line ``Verdict: correct`` or
-``Verdict: incorrect``; all prompts of one ``score`` call go to the policy in one
-``generate`` call (identical prefixes are graded once). ``parse_verdict`` reads the reply
-robustly; a reply it cannot read scores a neutral 0.5.
+is behind an API. It does not read the answer (``oracle = False``), but it generates text
+(``generates = True``): a search charges the judge's tokens to its generated-token budget and
+reports them as ``judge_tokens``, because judging is compute like sampling (search-and-learn
+counts only the policy's tokens, but its PRM does not generate). Each (candidate, step)
+becomes one prompt showing the question and the steps so far, quoted as data, and asking for
+a final line ``Verdict: correct`` or ``Verdict: incorrect``; all prompts of one ``score``
+call go to the policy in one ``generate`` call. A step prefix is graded once, then cached
+(beam search re-scores every prefix at each depth). ``parse_verdict`` reads the reply
+robustly; a reply it cannot read scores a neutral 0.5. ``score_within`` grades only what a
+token allowance pays for (the rest get the neutral score, counted in ``usage.ungraded``).
 
 Example:
     >>> from ponder.models import ScriptedPolicy
@@ -33,13 +39,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ponder.errors import ConfigError
-from ponder.models.prm import BasePRM
+from ponder.models.prm import BasePRM, check_candidates
 from ponder.models.types import Completion, Message, Policy, Prompt, SamplingParams
 
 __all__ = [
     "JUDGE_PROMPT",
     "JUDGE_SYSTEM",
     "VERDICT_ONLY_PROMPT",
+    "JudgeScores",
     "LLMJudgePRM",
     "VerifierPRM",
     "parse_verdict",
@@ -58,10 +65,11 @@ class VerifierPRM(BasePRM):
         cache_size: verdicts kept per solution text (verifiers such as code sandboxes are
             slow, and search re-scores the same candidates); 0 turns the cache off.
 
-    Tokens read are 0: no model reads anything.
+    Tokens read are 0: no model reads anything. An oracle: it reads the gold answer.
     """
 
     name = "verifier"
+    oracle = True
 
     def __init__(
         self,
@@ -280,6 +288,23 @@ def _quote(text: str) -> str:
     return re.sub(r"(?i)</(question|step)", r"<\\/\1", text.strip())
 
 
+@dataclasses.dataclass(frozen=True)
+class JudgeScores:
+    """What one ``LLMJudgePRM.score_within`` call returns.
+
+    Attributes:
+        scores: one score per step of each candidate.
+        generated: tokens the judge generated in this call (cache hits cost none).
+        prompt_tokens: tokens the judge read in this call.
+        ungraded: steps given the neutral score because the allowance did not pay for them.
+    """
+
+    scores: list[list[float]]
+    generated: int
+    prompt_tokens: int
+    ungraded: int
+
+
 class LLMJudgePRM(BasePRM):
     """A policy grades each step in words: ``Verdict: correct`` -> 1.0, ``incorrect`` -> 0.0.
 
@@ -294,10 +319,14 @@ class LLMJudgePRM(BasePRM):
         use_logprobs: ask for token logprobs; when a reply is only the verdict line and comes
             with logprobs, the score is the reply's probability ``p`` (``1 - p`` for
             ``incorrect``) instead of 1.0 / 0.0. Word parsing works without them.
-        neutral: the score of an unreadable reply.
+        neutral: the score of an unreadable reply, and of a step the allowance did not pay for.
+        cache_size: graded step prefixes kept per question (0: no cache).
 
-    Tokens read are the prompt tokens the policy reports.
+    Tokens read are the prompt tokens the policy reports; tokens generated are counted in
+    ``usage.generated`` (a search charges them to its budget as ``judge_tokens``).
     """
+
+    generates = True
 
     def __init__(
         self,
@@ -308,6 +337,7 @@ class LLMJudgePRM(BasePRM):
         system: str | None = JUDGE_SYSTEM,
         use_logprobs: bool = False,
         neutral: float = 0.5,
+        cache_size: int = 4096,
     ):
         super().__init__()
         if not hasattr(policy, "generate"):
@@ -323,6 +353,8 @@ class LLMJudgePRM(BasePRM):
             ) from e
         if not 0.0 <= neutral <= 1.0:
             raise ConfigError(f"neutral must be in [0, 1], got {neutral}")
+        if cache_size < 0:
+            raise ConfigError(f"cache_size must be >= 0, got {cache_size}")
         self.policy = policy
         self.params = params or SamplingParams(max_tokens=256, temperature=0.0)
         if use_logprobs and not self.params.logprobs:
@@ -331,7 +363,15 @@ class LLMJudgePRM(BasePRM):
         self.system = system
         self.use_logprobs = use_logprobs
         self.neutral = float(neutral)
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[str, ...], float] = OrderedDict()  # (question, *steps) -> score
+        self._lock = threading.Lock()
         self.name = f"judge:{getattr(policy, 'name', 'policy')}"
+
+    def clear_cache(self) -> None:
+        """Forget graded steps (so the next search pays for its own grading)."""
+        with self._lock:
+            self._cache.clear()
 
     def render(self, question: str, steps: Sequence[str]) -> Prompt:
         """The prompt that grades the last of ``steps``."""
@@ -350,19 +390,85 @@ class LLMJudgePRM(BasePRM):
             return p if v == 1.0 else 1.0 - p
         return v
 
-    def _score(self, question: str, steps: list[list[str]]) -> tuple[list[list[float]], int]:
+    def score_within(
+        self, question: str, steps: Sequence[Sequence[str]], *, max_generated: int | None = None
+    ) -> JudgeScores:
+        """Score like ``score``, generating at most ``max_generated`` tokens (None: no limit).
+
+        A prompt is graded only when its worst case (``params.max_tokens`` per sample) fits in
+        what is left, so the allowance is never passed; with less than ``n`` samples' room a
+        prompt gets fewer samples. Steps not graded get ``neutral``. Usage is recorded.
+
+        Example:
+            >>> from ponder.models import ScriptedPolicy
+            >>> judge = LLMJudgePRM(ScriptedPolicy(["Verdict: correct"], cycle=True),
+            ...                     params=SamplingParams(max_tokens=8))
+            >>> out = judge.score_within("2 + 3?", [["2 + 3 = 5.", "Answer: 5"]], max_generated=10)
+            >>> out.scores, out.generated, out.ungraded   # room for one grading of 8 tokens
+            ([[1.0, 0.5]], 3, 1)
+        """
+        candidates = check_candidates(steps)
+        if not candidates:
+            return JudgeScores([], 0, 0, 0)
         keys: dict[tuple[str, ...], int] = {}  # a prefix shared by candidates is graded once
-        for cand in steps:
+        for cand in candidates:
             for i in range(len(cand)):
                 keys.setdefault(tuple(cand[: i + 1]), len(keys))
-        if not keys:
-            return [[] for _ in steps], 0
-        prompts = [self.render(question, list(k)) for k in keys]
-        rows = self.policy.generate(prompts, self.params)
+        known: dict[tuple[str, ...], float] = {}
+        with self._lock:
+            for k in keys:
+                if (ck := (question, *k)) in self._cache:
+                    self._cache.move_to_end(ck)
+                    known[k] = self._cache[ck]
+        todo = [k for k in keys if k not in known]
+        graded, generated, read, ungraded = self._grade(question, todo, max_generated)
+        values = {**known, **graded}
+        out = [[values.get(tuple(c[: i + 1]), self.neutral) for i in range(len(c))] for c in candidates]
+        self.usage.record(read, generated=generated, ungraded=ungraded)
+        self._check_shape(out, candidates)
+        return JudgeScores(out, generated, read, ungraded)
+
+    def _grade(
+        self, question: str, todo: list[tuple[str, ...]], max_generated: int | None
+    ) -> tuple[dict[tuple[str, ...], float], int, int, int]:
+        """Grade ``todo`` prefixes within the allowance: scores, generated, read, ungraded."""
+        if not todo:
+            return {}, 0, 0, 0
+        params, paid = self.params, len(todo)
+        if max_generated is not None:
+            fit = max(0, max_generated) // params.max_tokens
+            if fit >= paid * params.n:
+                pass
+            elif fit >= paid:
+                params = dataclasses.replace(params, n=fit // paid)
+            else:
+                paid = fit
+                params = dataclasses.replace(params, n=1)
+        if paid == 0:
+            return {}, 0, 0, len(todo)
+        prompts = [self.render(question, list(k)) for k in todo[:paid]]
+        rows = self.policy.generate(prompts, params)
         if len(rows) != len(prompts):
             raise ConfigError(
                 f"{self.name} returned {len(rows)} rows for {len(prompts)} prompts; fix the policy"
             )
-        graded = [sum(self.score_reply(c) for c in row) / len(row) if row else self.neutral for row in rows]
-        out = [[graded[keys[tuple(cand[: i + 1])]] for i in range(len(cand))] for cand in steps]
-        return out, sum(row[0].prompt_tokens for row in rows if row)
+        graded = {
+            k: sum(self.score_reply(c) for c in row) / len(row) if row else self.neutral
+            for k, row in zip(todo[:paid], rows, strict=True)
+        }
+        if self.cache_size:
+            with self._lock:
+                for k, v in graded.items():
+                    self._cache[(question, *k)] = v
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        generated = sum(c.completion_tokens for row in rows for c in row)
+        read = sum(row[0].prompt_tokens for row in rows if row)
+        return graded, generated, read, len(todo) - paid
+
+    def score(self, question: str, steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        return self.score_within(question, steps).scores
+
+    def _score(self, question: str, steps: list[list[str]]) -> tuple[list[list[float]], int]:
+        out = self.score_within(question, steps)
+        return out.scores, out.prompt_tokens

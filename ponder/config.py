@@ -197,9 +197,12 @@ class RunConfig:
     @property
     def oracle(self) -> bool:
         """Whether the run reads gold answers beyond the env's feedback: the env's verifier as a
-        PRM (``prm: verifier``) or as MCTS's terminal reward (``use_env_reward``). Saved in
-        config.yaml, and every episode, report and plot of such a run says "oracle"."""
-        return self.prm == "verifier" or bool(self.search_options.get("use_env_reward"))
+        PRM (``prm: verifier``) or as a search's terminal reward (MCTS's ``use_env_reward``;
+        LATS uses it unless ``use_env_reward: false``). Saved in config.yaml, and every episode,
+        report and plot of such a run says "oracle"."""
+        lats = "lats" in (self.algorithm if self.agent == "search" else None, self.actor_search)
+        env_reward = self.search_options.get("use_env_reward", lats)
+        return self.prm == "verifier" or bool(env_reward)
 
     @property
     def run_name(self) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ponder.episodes import read_episodes
-from ponder.errors import ConfigError
+from ponder.errors import ConfigError, PonderError
 from ponder.paired import paired_section, solved_by
 from ponder.plots import plot_embodied, plot_success
 from ponder.stats import format_rate, wilson_interval
@@ -91,9 +91,8 @@ def _ci(k: int, n: int) -> list[float]:
 
 
 def is_oracle(config: dict[str, Any], summary: dict[str, Any] | None = None) -> bool:
-    """Whether a run reads gold answers: ``oracle: true`` in its config or summary. A config saved
-    before that key existed is an oracle when the env's verifier scored its search (``prm:
-    verifier``, or ``use_env_reward`` in ``search_options``), the rule ``RunConfig.oracle`` uses.
+    """Whether a run reads gold answers: ``oracle: true`` in its config or summary; for a config
+    saved before that key existed, ``RunConfig.oracle`` of it.
 
     Example:
         >>> is_oracle({"prm": "verifier"}), is_oracle({"prm": None}), is_oracle({}, {"oracle": True})
@@ -103,8 +102,12 @@ def is_oracle(config: dict[str, Any], summary: dict[str, Any] | None = None) -> 
         return True
     if "oracle" in config:
         return bool(config["oracle"])
-    options = config.get("search_options") or {}
-    return config.get("prm") == "verifier" or bool(options.get("use_env_reward"))
+    from ponder.config import RunConfig
+
+    try:
+        return RunConfig.from_dict(dict(config)).oracle
+    except PonderError:  # not a whole run config (a hand-made summary): nothing says oracle
+        return False
 
 
 def _labels(

@@ -9,11 +9,22 @@ best_of_n           N whole solutions, the highest aggregated PRM score
 weighted_best_of_n  N whole solutions, PRM scores summed per answer
 beam                step-level beam search, N samples per depth, N/M beams kept
 dvts                N/M independent greedy subtrees of width M
-mcts                UCT selection, PRM evaluation, backpropagation
-lats                MCTS + environment reward + self-reflection on failures
-tot_bfs             Tree of Thoughts, breadth-first: n proposals per state, b states kept
-tot_dfs             Tree of Thoughts, depth-first with a value threshold and backtracking
+mcts                MCTS-style: UCT (default) or OpenR-style PUCT with a log-prob prior, PRM value
+lats                LATS-style: UCT, LM value + self-consistency, rollouts, env reward (an
+                    oracle in ponder) and self-reflection on failures; needs no PRM
+tot_bfs             Tree of Thoughts-style, breadth-first: n proposals per state, b states kept,
+                    the PRM as the state value (ToT uses the LM)
+tot_dfs             Tree of Thoughts-style, depth-first with a PRM-value threshold and backtracking
 ==================  ===========================================================================
+
+Equal compute: every algorithm respects ``problem.budget`` per sample, so a search with
+``Budget(max_generated_tokens=B)`` generates at most B plus one sample's ``max_tokens``
+(``ponder.search.budget``). ``sample_and_score`` reads majority, best-of-N and weighted
+best-of-N off ONE sample set, so they compare at exactly equal tokens.
+
+Oracles: a result says ``oracle=True`` when the search used the gold answer for a decision:
+an oracle PRM (``VerifierPRM``, ``--prm verifier``), ``lats`` with its default env reward,
+``mcts`` with ``use_env_reward=True``. Such numbers are upper bounds, not honest results.
 
 Example:
     >>> from ponder.search import ALGORITHMS, majority_vote
@@ -26,7 +37,7 @@ Example:
 from ponder.errors import UnknownName
 from ponder.search.base import SearchAlgorithm, SearchProblem, SearchResult
 from ponder.search.beam import beam_search
-from ponder.search.best_of_n import best_of_n, weighted_best_of_n
+from ponder.search.best_of_n import best_of_n, sample_and_score, weighted_best_of_n
 from ponder.search.budget import Budget
 from ponder.search.dvts import dvts
 from ponder.search.lats import lats
@@ -51,13 +62,15 @@ __all__ = [
     "majority",
     "majority_vote",
     "mcts",
+    "sample_and_score",
     "self_consistency",
     "tot_bfs",
     "tot_dfs",
     "weighted_best_of_n",
 ]
 
-#: name -> search function, all with the signature ``fn(problem, *, n=8, **options)``
+#: name -> search function, all with the signature ``fn(problem, *, n=..., **options)`` (n=8;
+#: lats: n=5, the paper's expansion width)
 ALGORITHMS: dict[str, SearchAlgorithm] = {
     "majority": majority,
     "best_of_n": best_of_n,
@@ -79,5 +92,6 @@ def algorithm(name: str) -> SearchAlgorithm:
         raise UnknownName.for_registry("search", name, ALGORITHMS) from None
 
 
-#: algorithms that work without a PRM (every other one needs ``prm=``)
-NO_PRM: frozenset[str] = frozenset({"majority", "self_consistency"})
+#: algorithms that work without a PRM (every other one needs ``prm=``; lats values steps with
+#: the policy itself unless given ``value="prm"``)
+NO_PRM: frozenset[str] = frozenset({"majority", "self_consistency", "lats"})

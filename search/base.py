@@ -6,6 +6,18 @@ stops at the next separator; all partial solutions of one expansion go to the po
 ``generate`` call (n samples each), and all new steps to the PRM in one ``score`` call. Both
 calls are charged to the problem's ``Budget``.
 
+The budget is checked per sample (see ``ponder.search.budget``): steps and whole solutions
+are drawn in batched rounds, each asking only for the samples whose worst case still fits
+(one while anything is left), until the expansion has its ``n`` or the budget is spent; with
+no limit, or while it is far, that is one call. Helper calls (``generate``: reflections, LM
+values) are cut to what is left. A PRM that generates (an LLM judge) gets the rest of the
+budget as its allowance and its tokens are charged as ``judge_tokens``.
+
+Oracles: ``problem.evaluate`` is the environment's verifier; it reads the gold answer. An
+algorithm that uses it for a decision calls ``problem.verify`` (LATS' terminal reward, MCTS'
+``use_env_reward``), and a PRM with ``oracle = True`` (``VerifierPRM``) is one too; either way
+``problem.oracle_sources`` records it and the result says ``oracle=True``.
+
 Every algorithm has one signature, ``fn(problem, *, n=..., **options) -> SearchResult``, and
 registers in ``ponder.search.ALGORITHMS``.
 
@@ -92,12 +104,14 @@ def join_steps(steps: Sequence[str], separator: str = DEFAULT_SEPARATOR) -> str:
 
 @dataclass(frozen=True)
 class Step:
-    """One generated step: its text, tokens, and whether the solution ends with it."""
+    """One generated step: its text, tokens, whether the solution ends with it, and the sum of
+    its tokens' log-probabilities (None unless asked for and the backend gave them)."""
 
     text: str
     tokens: int
     terminal: bool
     finish_reason: str = "stop"
+    logprob: float | None = None
 
 
 @dataclass
@@ -119,6 +133,9 @@ class SearchProblem:
         seed: base sampling seed; each call derives its own.
         evaluate: solution text -> ``(success, feedback)`` from the environment, for methods
             that use environment feedback (LATS) and for oracle PRMs; None when not available.
+            It reads the gold answer: a search that calls it (through ``verify``) is an oracle.
+        oracle_sources: what made this search an oracle so far (filled in by ``verify`` and
+            ``score``); empty for an honest search.
     """
 
     prompt: Prompt
@@ -133,6 +150,7 @@ class SearchProblem:
     budget: Budget = field(default_factory=Budget)
     seed: int = 0
     evaluate: Callable[[str], tuple[bool, str]] | None = None
+    oracle_sources: set[str] = field(default_factory=set)
     _calls: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
@@ -155,22 +173,78 @@ class SearchProblem:
         self._calls += 1
         return (self.seed * 1_000_003 + self._calls) & 0x7FFFFFFF
 
-    def expand(self, prefixes: Sequence[Sequence[str]], n: int) -> list[list[Step]]:
-        """``n`` next steps for each partial solution, from one policy call."""
-        if not prefixes:
-            return []
+    def plan(self, prompts: int, n: int, max_tokens: int, *, may_pass: bool) -> tuple[int, int, int]:
+        """``(prompts, n, max_tokens)`` of the next call within the budget; 0 prompts: skip it.
+
+        The whole call while its worst case fits; else fewer samples per prompt, or fewer
+        prompts with one sample each; when not one sample fits but tokens are left, one
+        sample: of full length if ``may_pass`` (a step or a solution; the search may pass the
+        limit by less than ``max_tokens``), else cut to the tokens left (helper calls).
+        """
+        k = self.budget.samples_allowed(prompts * n, max_tokens)
+        if k == 0:
+            return 0, 0, max_tokens
+        if k >= prompts * n:
+            p, each = prompts, n
+        elif k >= prompts:
+            p, each = prompts, k // prompts
+        else:
+            p, each = k, 1
+        left = self.budget.left_generated
+        if not may_pass and left is not None and p * each * max_tokens > left:
+            max_tokens = max(1, left)  # only when k == 1 was granted beyond what fits: p == each == 1
+        return p, each, max_tokens
+
+    def expand(
+        self, prefixes: Sequence[Sequence[str]], n: int, *, logprobs: bool = False
+    ) -> list[list[Step]]:
+        """``n`` next steps for each partial solution: one policy call for all of them.
+
+        Under a generated-token limit the samples come in batched rounds (see ``_draw``), and
+        fewer than ``n`` (none for some partial solutions) when the budget runs out.
+        ``logprobs=True`` asks the backend for token log-probabilities (``Step.logprob``;
+        MCTS' PUCT prior).
+        """
         params = dataclasses.replace(
-            self.params, n=n, stop=(self.separator, *self.params.stop), seed=self._next_seed()
+            self.params, stop=(self.separator, *self.params.stop), logprobs=self.params.logprobs or logprobs
         )
-        rows = self.policy.generate([self.prefix_prompt(p) for p in prefixes], params)
-        self._charge(rows)
-        return [[self._step(c, len(p) + 1) for c in row] for p, row in zip(prefixes, rows, strict=True)]
+        rows = self._draw([self.prefix_prompt(q) for q in prefixes], n, params)
+        return [[self._step(c, len(q) + 1) for c in row] for q, row in zip(prefixes, rows, strict=True)]
+
+    def _draw(self, prompts: Sequence[Prompt], n: int, params: SamplingParams) -> list[list[Completion]]:
+        """``n`` samples per prompt within the budget, in as few calls as it allows.
+
+        Without a generated-token limit: one call. With one: rounds, each asking only for the
+        samples whose worst case (``params.max_tokens`` each) still fits, or one sample when
+        none does but tokens are left (``plan``), until every prompt has ``n`` or the budget is
+        spent. So every sample is drawn while the budget is not yet spent, and the search
+        passes it by less than one sample's ``max_tokens``.
+        """
+        got: list[list[Completion]] = [[] for _ in prompts]
+        while todo := [i for i, g in enumerate(got) if len(g) < n]:
+            need = min(n - len(got[i]) for i in todo)
+            p, each, _ = self.plan(len(todo), need, params.max_tokens, may_pass=True)
+            if p == 0:
+                break
+            call = dataclasses.replace(params, n=each, seed=self._next_seed())
+            rows = self.policy.generate([prompts[i] for i in todo[:p]], call)
+            self._charge(rows)
+            for i, row in zip(todo[:p], rows, strict=True):
+                got[i] += row
+        return got
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
-        """A policy call outside step expansion (e.g. a reflection): seeded and charged like one."""
-        rows = self.policy.generate(list(prompts), dataclasses.replace(params, seed=self._next_seed()))
+        """A policy call outside step expansion (a reflection, an LM value): seeded, charged,
+        and kept within the budget: fewer samples or a shorter ``max_tokens`` when little is
+        left, empty rows for prompts not paid for (all empty once the budget is spent)."""
+        prompts = list(prompts)
+        p, each, max_tokens = self.plan(len(prompts), params.n, params.max_tokens, may_pass=False)
+        if p == 0:
+            return [[] for _ in prompts]
+        params = dataclasses.replace(params, n=each, max_tokens=max_tokens, seed=self._next_seed())
+        rows = self.policy.generate(prompts[:p], params)
         self._charge(rows)
-        return rows
+        return list(rows) + [[] for _ in prompts[p:]]
 
     def complete(self, n: int, prefixes: Sequence[Sequence[str]] = ((),)) -> list[list[str]]:
         """``n`` whole solutions continuing each prefix (no stop at separators), as step lists."""
@@ -179,27 +253,28 @@ class SearchProblem:
     def complete_with_tokens(
         self, n: int, prefixes: Sequence[Sequence[str]] = ((),)
     ) -> list[tuple[list[str], int]]:
-        """Like ``complete``, with each solution's generated tokens."""
-        per_step = self.params.max_tokens
+        """Like ``complete``, with each solution's generated tokens.
+
+        A solution may use ``max_tokens * max_steps`` tokens; under a generated-token limit
+        they are drawn in batched rounds while the budget lasts (``_draw``), so fewer than
+        ``n`` may come back. Solutions come in the order drawn, prefix by prefix.
+        """
         params = dataclasses.replace(
-            self.params,
-            n=n,
-            max_tokens=per_step * self.max_steps,
-            stop=self.params.stop,
-            seed=self._next_seed(),
+            self.params, max_tokens=self.params.max_tokens * self.max_steps, stop=self.params.stop
         )
-        rows = self.policy.generate([self.prefix_prompt(p) for p in prefixes], params)
-        self._charge(rows)
-        out = []
-        for p, row in zip(prefixes, rows, strict=True):
-            out += [([*p, *split_steps(c.text, self.separator)], c.completion_tokens) for c in row]
-        return out
+        rows = self._draw([self.prefix_prompt(q) for q in prefixes], n, params)
+        return [
+            ([*q, *split_steps(c.text, self.separator)], c.completion_tokens)
+            for q, row in zip(prefixes, rows, strict=True)
+            for c in row
+        ]
 
     def _step(self, c: Completion, depth: int) -> Step:
         text = c.text.strip()
         ended = c.finish_reason == "stop" and c.stop_reason != self.separator
         terminal = ended or depth >= self.max_steps or states_final_answer(text) or not text
-        return Step(text, c.completion_tokens, terminal, c.finish_reason)
+        logprob = float(sum(c.logprobs)) if c.logprobs else None
+        return Step(text, c.completion_tokens, terminal, c.finish_reason, logprob)
 
     def _charge(self, rows: list[list[Completion]]) -> None:
         self.budget.charge_policy(
@@ -209,16 +284,46 @@ class SearchProblem:
 
     # --- scoring ------------------------------------------------------------------------
     def score(self, candidates: Sequence[Sequence[str]]) -> list[list[float]]:
-        """PRM scores of every step of every candidate, in one ``prm.score`` call."""
+        """PRM scores of every step of every candidate, in one ``prm.score`` call.
+
+        A PRM that generates (``score_within``: an LLM judge) may spend what is left of the
+        generated-token budget and no more; its tokens are charged as generated and judge
+        tokens. An oracle PRM marks the search as an oracle.
+        """
         if self.prm is None:
-            raise ConfigError("this search needs a PRM; pass prm=... (e.g. --prm PATH or --prm verifier)")
+            raise ConfigError(
+                "this search needs a PRM; pass prm=... (e.g. --prm PATH, --prm judge, or the oracle --prm verifier)"
+            )
         if not candidates:
             return []
+        if getattr(self.prm, "oracle", False):
+            self.oracle_sources.add(
+                f"PRM {getattr(self.prm, 'name', type(self.prm).__name__)} reads the gold answer"
+            )
+        within = getattr(self.prm, "score_within", None)
+        if callable(within):
+            out = within(
+                self.question, [list(c) for c in candidates], max_generated=self.budget.left_generated
+            )
+            self.budget.charge_prm(tokens=out.prompt_tokens)
+            self.budget.charge_judge(generated=out.generated)
+            return out.scores
         before = _prm_tokens(self.prm)
         scores = self.prm.score(self.question, [list(c) for c in candidates])
         read = _prm_tokens(self.prm) - before if before is not None else _approx_tokens(candidates)
         self.budget.charge_prm(tokens=read)
         return scores
+
+    def verify(self, text: str) -> tuple[bool, str]:
+        """``problem.evaluate(text)`` for a decision inside the search: the result becomes an
+        ORACLE result (the verifier reads the gold answer)."""
+        if self.evaluate is None:
+            raise ConfigError(
+                "this search needs environment feedback but problem.evaluate is None; build the problem "
+                "with ponder.search.prompts.problem_for_task(...) or pass SearchProblem(..., evaluate=fn)"
+            )
+        self.oracle_sources.add("problem.evaluate (the env's verifier) decided inside the search")
+        return self.evaluate(text)
 
     def value(self, step_scores: Sequence[float]) -> float:
         return aggregate_scores(step_scores, self.aggregation)
@@ -251,6 +356,9 @@ class SearchResult:
         budget: the totals spent (``Budget.as_dict()``).
         algorithm: the registry name.
         candidates: the finished solutions considered: ``{"steps", "answer", "score", "node"}``.
+        oracle: the search used the gold answer for a decision (an oracle PRM such as
+            ``VerifierPRM``, or ``problem.evaluate`` inside the search): not an honest result.
+        oracle_sources: what made it an oracle (empty when ``oracle`` is False).
     """
 
     text: str
@@ -261,6 +369,8 @@ class SearchResult:
     budget: dict[str, Any]
     algorithm: str
     candidates: list[dict[str, Any]] = field(default_factory=list)
+    oracle: bool = False
+    oracle_sources: list[str] = field(default_factory=list)
 
     def to_dict(self, *, with_tree: bool = True) -> dict[str, Any]:
         out = {
@@ -271,6 +381,8 @@ class SearchResult:
             "score": self.score,
             "budget": self.budget,
             "candidates": self.candidates,
+            "oracle": self.oracle,
+            "oracle_sources": self.oracle_sources,
         }
         if with_tree:
             out["tree"] = self.tree.to_dict()
@@ -283,10 +395,21 @@ def finish(
     node: int | None,
     algorithm: str,
     candidates: list[dict[str, Any]] | None = None,
+    *,
+    budget: dict[str, Any] | None = None,
+    oracle_sources: set[str] | None = None,
 ) -> SearchResult:
-    """Build the result for the chosen ``node`` (None: nothing found) and mark its path."""
+    """Build the result for the chosen ``node`` (None: nothing found) and mark its path.
+
+    ``budget`` (default: the problem's totals now) and ``oracle_sources`` (default: the
+    problem's) let results that share one sample set report only what each method used.
+    """
+    budget = problem.budget.as_dict() if budget is None else budget
+    sources = sorted(problem.oracle_sources if oracle_sources is None else oracle_sources)
     if node is None:
-        return SearchResult("", [], None, None, tree, problem.budget.as_dict(), algorithm, candidates or [])
+        return SearchResult(
+            "", [], None, None, tree, budget, algorithm, candidates or [], bool(sources), sources
+        )
     tree.mark_chosen(node)
     steps = tree.steps(node)
     scores = tree.scores(node)
@@ -296,9 +419,11 @@ def finish(
         problem.answer(steps),
         problem.value(scores) if scores else None,
         tree,
-        problem.budget.as_dict(),
+        budget,
         algorithm,
         candidates or [],
+        bool(sources),
+        sources,
     )
 
 

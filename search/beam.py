@@ -13,7 +13,10 @@ the same total up to rounding, without sending duplicate prompts (a seeded API b
 would return the same samples for each copy).
 
 All active beams of one depth go to the policy in one ``problem.expand`` call and all new
-steps to the PRM in one ``problem.score`` call.
+steps to the PRM in one ``problem.score`` call. Under a generated-token budget the samples
+come in batched rounds, each asking only for what still fits in the worst case
+(``SearchProblem._draw``), so the last depth may be narrower than N and the search passes
+the budget by less than one step's ``max_tokens``.
 
 Example:
     >>> from ponder.models import ScriptedPolicy
@@ -72,34 +75,40 @@ def expand_nodes(
     n: int,
     *,
     prompt: Prompt | None = None,
+    score: bool = True,
+    logprobs: bool = False,
 ) -> list[list[int]]:
-    """Add ``n`` scored next steps under each of ``parents``; returns the new nodes per parent.
+    """Add ``n`` next steps under each of ``parents``; returns the new nodes per parent.
 
-    One ``problem.expand`` call for all parents, one ``problem.score`` call for all new steps;
-    each node gets its tokens, PRM score, terminal flag and (if terminal) the answer.
+    One ``problem.expand`` call for all parents, one ``problem.score`` call for all new steps
+    (none with ``score=False``: the steps get no PRM score); each node gets its tokens, PRM
+    score, terminal flag, (if terminal) the answer and, with ``logprobs=True``, ``logprob``
+    (the sum over its tokens) when the backend returns them. A parent the budget did not
+    pay for gets no new nodes.
     """
     if not parents:
         return []
     prefixes = [tree.steps(p) for p in parents]
     with _expanding(problem, prompt):
-        rows = problem.expand(prefixes, n)
+        rows = problem.expand(prefixes, n, logprobs=logprobs)
     solutions = [[*prefix, s.text] for prefix, row in zip(prefixes, rows, strict=True) for s in row]
-    scores = iter(problem.score(solutions))
+    scores = iter(problem.score(solutions) if score else [[None]] * len(solutions))
     out = []
     for parent, prefix, row in zip(parents, prefixes, rows, strict=True):
         nodes = []
         for s in row:
-            step_scores = next(scores)
-            nodes.append(
-                tree.add(
-                    parent,
-                    s.text,
-                    tokens=s.tokens,
-                    score=float(step_scores[-1]),
-                    terminal=s.terminal,
-                    answer=problem.answer([*prefix, s.text]) if s.terminal else None,
-                )
+            last = next(scores)[-1]
+            node = tree.add(
+                parent,
+                s.text,
+                tokens=s.tokens,
+                score=None if last is None else float(last),
+                terminal=s.terminal,
+                answer=problem.answer([*prefix, s.text]) if s.terminal else None,
             )
+            if s.logprob is not None:
+                tree[node]["logprob"] = s.logprob
+            nodes.append(node)
         out.append(nodes)
     return out
 

@@ -6,8 +6,14 @@ scores of the solutions that reach the same final answer (``problem.answer``) an
 best-scored solution of the answer with the largest sum: several fairly good votes can beat
 one over-scored outlier.
 
-Both draw the N solutions with one ``problem.complete(n)`` call and score every step of all
-of them with one ``problem.score`` call. Each solution becomes a chain of nodes under the root.
+Both draw the N solutions with ``problem.complete`` (one call, or batched rounds under a
+generated-token limit, stopping when the budget is spent) and score every step of all of them
+with one ``problem.score`` call. Each solution becomes a chain of nodes under the root.
+
+Sample once, score many ways (as search-and-learn does): ``sample_and_score`` draws one
+sample set and returns the majority vote, best-of-N and weighted best-of-N results on it, so
+the three are compared on the same samples at exactly the same generated tokens (majority's
+result reports the budget as it was before the PRM was asked: it does not use the PRM).
 
 This module also holds what the other algorithms share about finished solutions: the
 candidate record, the choice among candidates (``best``, ``weighted``, ``majority``), and
@@ -41,6 +47,7 @@ from ponder.search.base import SearchProblem, SearchResult, finish
 from ponder.search.tree import SearchTree
 
 __all__ = [
+    "SAMPLED_METHODS",
     "Selection",
     "best_of_n",
     "candidate",
@@ -48,12 +55,22 @@ __all__ = [
     "check_selection",
     "choose",
     "path_value",
+    "sample_and_score",
     "sample_solutions",
+    "score_samples",
     "weighted_best_of_n",
 ]
 
 Selection = Literal["best", "weighted", "majority"]
 SELECTIONS = ("best", "weighted", "majority")
+
+#: the methods ``sample_and_score`` computes from one sample set, and how each chooses
+SAMPLED_METHODS: tuple[str, ...] = ("majority", "best_of_n", "weighted_best_of_n")
+_CHOICE: dict[str, Selection] = {
+    "majority": "majority",
+    "best_of_n": "best",
+    "weighted_best_of_n": "weighted",
+}
 
 
 def check_options(algorithm: str, options: Mapping[str, Any], allowed: Iterable[str]) -> None:
@@ -135,14 +152,13 @@ def _shares(total: int, steps: Sequence[str]) -> list[int]:
 
 
 def sample_solutions(problem: SearchProblem, n: int) -> tuple[SearchTree, list[int]]:
-    """``n`` whole solutions from one ``problem.complete`` call, each a chain under the root.
+    """Up to ``n`` whole solutions (``problem.complete``), each a chain under the root.
 
-    Returns the tree and the terminal node of each solution. A solution's generated tokens
-    are shared over its steps by length, so the tree's total equals what the budget was charged.
+    Returns the tree and the terminal node of each solution, in the order drawn (fewer than
+    ``n`` when the budget ran out). A solution's generated tokens are shared over its steps by
+    length, so the tree's total equals what the budget was charged.
     """
     tree = SearchTree(problem.question)
-    if problem.budget.exhausted:
-        return tree, []
     leaves = []
     for steps, used in problem.complete_with_tokens(n):
         steps = steps or [""]
@@ -171,12 +187,71 @@ def _score_solutions(problem: SearchProblem, tree: SearchTree, leaves: Sequence[
             tree[node]["score"] = tree[node]["value"] = float(s)
 
 
-def _scored_search(problem: SearchProblem, n: int, how: Selection, name: str) -> SearchResult:
+def _check_methods(methods: Iterable[str]) -> list[str]:
+    methods = list(methods)
+    unknown = [m for m in methods if m not in _CHOICE]
+    if unknown or not methods:
+        raise ConfigError(
+            f"sample_and_score computes {', '.join(SAMPLED_METHODS)}; got {', '.join(unknown) or 'none'}"
+        )
+    return methods
+
+
+def score_samples(
+    problem: SearchProblem,
+    tree: SearchTree,
+    leaves: Sequence[int],
+    methods: Iterable[str] = SAMPLED_METHODS,
+) -> dict[str, SearchResult]:
+    """The results of ``methods`` on the solutions ending at ``leaves`` (from ``sample_solutions``).
+
+    The PRM is asked once (only if a method needs it). Each result gets its own copy of the
+    tree with its chosen path marked. ``majority`` sees no PRM score and reports the budget
+    as it was before scoring; the PRM methods report it after (a judge's tokens included).
+    """
+    methods = _check_methods(methods)
+    unscored = tree.copy()
+    before = problem.budget.as_dict(), set(problem.oracle_sources)
+    if any(m != "majority" for m in methods):
+        _score_solutions(problem, tree, leaves)
+    out = {}
+    for m in methods:
+        t = unscored.copy() if m == "majority" else tree.copy()
+        candidates = [candidate(problem, t, leaf) for leaf in leaves]
+        budget, sources = before if m == "majority" else (None, None)
+        out[m] = finish(
+            problem, t, choose(candidates, _CHOICE[m]), m, candidates, budget=budget, oracle_sources=sources
+        )
+    return out
+
+
+def sample_and_score(
+    problem: SearchProblem, n: int = 8, *, methods: Iterable[str] = SAMPLED_METHODS
+) -> dict[str, SearchResult]:
+    """Sample once, score many ways: ``{method: SearchResult}`` for ``methods`` on ONE sample set.
+
+    Up to ``n`` solutions are drawn within ``problem.budget`` (``sample_solutions``), then
+    majority vote, best-of-N and weighted best-of-N are read off the same samples, so they
+    cost exactly the same generated tokens (a generating PRM's tokens excepted, charged to
+    the PRM methods only).
+
+    Example:
+        >>> from ponder.models import ScriptedPolicy
+        >>> from ponder.models.prm import FunctionPRM
+        >>> from ponder.models.types import Prompt
+        >>> replies = ["So 7.\\n\\nAnswer: 7", "2 + 3 = 5.\\n\\nAnswer: 5", "3 + 2 = 5.\\n\\nAnswer: 5"]
+        >>> prm = FunctionPRM(lambda q, steps: 0.9 if "7" in steps[-1] else 0.5)
+        >>> problem = SearchProblem(Prompt.user("What is 2 + 3?"), ScriptedPolicy(replies, cycle=True), prm)
+        >>> out = sample_and_score(problem, n=3)
+        >>> {m: r.answer for m, r in out.items()}
+        {'majority': '5', 'best_of_n': '7', 'weighted_best_of_n': '5'}
+        >>> len({r.budget["generated_tokens"] for r in out.values()})
+        1
+    """
     check_positive(n=n)
+    methods = _check_methods(methods)
     tree, leaves = sample_solutions(problem, n)
-    _score_solutions(problem, tree, leaves)
-    candidates = [candidate(problem, tree, leaf) for leaf in leaves]
-    return finish(problem, tree, choose(candidates, how), name, candidates)
+    return score_samples(problem, tree, leaves, methods)
 
 
 def best_of_n(problem: SearchProblem, *, n: int = 8, **options: Any) -> SearchResult:
@@ -185,7 +260,7 @@ def best_of_n(problem: SearchProblem, *, n: int = 8, **options: Any) -> SearchRe
     Options: none.
     """
     check_options("best_of_n", options, ())
-    return _scored_search(problem, n, "best", "best_of_n")
+    return sample_and_score(problem, n, methods=["best_of_n"])["best_of_n"]
 
 
 def weighted_best_of_n(problem: SearchProblem, *, n: int = 8, **options: Any) -> SearchResult:
@@ -194,4 +269,4 @@ def weighted_best_of_n(problem: SearchProblem, *, n: int = 8, **options: Any) ->
     Options: none.
     """
     check_options("weighted_best_of_n", options, ())
-    return _scored_search(problem, n, "weighted", "weighted_best_of_n")
+    return sample_and_score(problem, n, methods=["weighted_best_of_n"])["weighted_best_of_n"]

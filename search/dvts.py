@@ -58,20 +58,29 @@ def dvts(problem: SearchProblem, *, n: int = 8, **options: Any) -> SearchResult:
     if not problem.budget.exhausted:
         first = expand_nodes(problem, tree, [0], subtrees * beam_width)[0]
         groups = {i: first[i * beam_width : (i + 1) * beam_width] for i in range(subtrees)}
-        heads = _advance(problem, tree, groups)
+        heads = _advance(problem, tree, groups, dict.fromkeys(range(subtrees), 0))
     for _ in range(1, max_depth):
         if not heads or problem.budget.exhausted:
             break
         live = list(heads)
         rows = expand_nodes(problem, tree, [heads[i] for i in live], beam_width)
-        heads = _advance(problem, tree, dict(zip(live, rows, strict=True)))
-    return finished_result(problem, tree, "dvts", select=select, frontier=list(heads.values()))
+        heads = _advance(problem, tree, dict(zip(live, rows, strict=True)), heads)
+    frontier = [x for x in heads.values() if x]
+    return finished_result(problem, tree, "dvts", select=select, frontier=frontier)
 
 
-def _advance(problem: SearchProblem, tree: SearchTree, groups: dict[int, list[int]]) -> dict[int, int]:
-    """Keep each subtree's best new step; returns the subtrees still going and their new heads."""
-    heads = {}
+def _advance(
+    problem: SearchProblem, tree: SearchTree, groups: dict[int, list[int]], heads: dict[int, int]
+) -> dict[int, int]:
+    """Keep each subtree's best new step; returns the subtrees still going and their new heads.
+
+    A subtree the budget drew nothing for keeps its head (the search stops soon after).
+    """
+    heads = dict(heads)
     for i, nodes in groups.items():
+        if not nodes:
+            continue
+        del heads[i]
         for x in nodes:
             tree[x]["subtree"] = i
         # max() keeps the first of equal scores: deterministic

@@ -2,7 +2,9 @@
 
 Wang et al. 2022 (arXiv 2203.11171): sample several reasoning paths and marginalise them out
 by voting on the final answer. No PRM is needed (``problem.prm`` may be None); the N
-solutions come from one ``problem.complete(n)`` call and become chains under the root.
+solutions come from ``problem.complete`` (one call, or batched rounds within the budget) and
+become chains under the root. ``ponder.search.sample_and_score`` computes it together with
+best-of-N and weighted best-of-N on the same samples.
 
 Example:
     >>> from ponder.models import ScriptedPolicy
@@ -23,8 +25,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ponder.search.base import SearchProblem, SearchResult, finish
-from ponder.search.best_of_n import candidate, check_options, check_positive, choose, sample_solutions
+from ponder.search.base import SearchProblem, SearchResult
+from ponder.search.best_of_n import check_options, check_positive, sample_and_score
 
 __all__ = ["majority", "majority_vote", "self_consistency"]
 
@@ -52,10 +54,8 @@ def majority(problem: SearchProblem, *, n: int = 8, **options: Any) -> SearchRes
     """
     check_options("majority", options, ())
     check_positive(n=n)
-    tree, leaves = sample_solutions(problem, n)
     # no PRM: every score is None, so among the winning answer's solutions the earliest is chosen
-    candidates = [candidate(problem, tree, leaf) for leaf in leaves]
-    return finish(problem, tree, choose(candidates, "majority"), "majority", candidates)
+    return sample_and_score(problem, n, methods=["majority"])["majority"]
 
 
 #: the name self-consistency is known by in the literature

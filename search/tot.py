@@ -1,4 +1,4 @@
-"""Tree of Thoughts: breadth-first and depth-first search over steps, the PRM as the state value.
+"""Tree of Thoughts-style search: breadth-first and depth-first over steps, the PRM as the state value.
 
 Yao et al. 2023 (arXiv 2305.10601) treat each partial solution as a state, propose k next
 thoughts per state with the LM, value the new states, and search:
@@ -15,6 +15,13 @@ thoughts per state with the LM, value the new states, and search:
 
 A state's value is its aggregated PRM score (``problem.aggregation``; with ``last`` it is the
 score of the state's newest step).
+
+How this differs from the paper (hence "-style"): ToT values states with the LM itself
+(``value``: "sure / likely / impossible" sampled several times, or ``vote`` across states)
+and proposes thoughts with a task-specific propose prompt; ponder values states with the PRM
+and samples ``n`` continuations of the step prompt. ``tot_dfs``' threshold applies to the
+PRM score. Under a generated-token budget an expansion's samples come in batched rounds of
+what fits (``SearchProblem._draw``) until the budget is spent.
 
 Example:
     >>> from ponder.models import ScriptedPolicy

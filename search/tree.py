@@ -108,6 +108,10 @@ class SearchTree:
     def terminals(self) -> list[int]:
         return [n for n in self.graph if self.graph.nodes[n]["terminal"]]
 
+    def copy(self) -> SearchTree:
+        """An independent copy (node attributes copied too), e.g. to mark another chosen path."""
+        return SearchTree(graph=self.graph.copy())
+
     def mark_chosen(self, node: int) -> None:
         """Mark the path to ``node`` as the one the search returned (clears any earlier mark)."""
         for n in self.graph:

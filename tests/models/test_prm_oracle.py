@@ -204,6 +204,51 @@ def test_judge_uses_logprobs_of_a_bare_verdict():
     assert plain.score("q", [["x"]]) == [[1.0]] and plain.policy.seen[0].logprobs is False
 
 
+def test_oracle_and_generating_flags():
+    from ponder.models.prm import FunctionPRM
+
+    verifier = VerifierPRM(lambda text: (True, ""))
+    judge = LLMJudgePRM(ScriptedPolicy(["Verdict: correct"], cycle=True))
+    assert verifier.oracle and not verifier.generates
+    assert not judge.oracle and judge.generates
+    assert not FunctionPRM(lambda q, s: 0.5).oracle and FunctionPRM(lambda q, s: 0.5, oracle=True).oracle
+
+
+def test_judge_counts_the_tokens_it_generates_and_caches_graded_steps():
+    policy = ScriptedPolicy(_judge_script)
+    judge = LLMJudgePRM(policy)
+    judge.score("What is 2 + 3?", [["2 + 3 = 5.", "Answer: 5"]])
+    assert judge.usage.generated == policy.usage.completion_tokens > 0
+    calls = policy.usage.calls
+    # beam search re-scores the same prefix at every depth: graded once, then cached
+    judge.score("What is 2 + 3?", [["2 + 3 = 5.", "Answer: 5", "Done."]])
+    assert len(policy.prompts) == 3 and policy.usage.calls == calls + 1
+    assert judge.usage.generated == policy.usage.completion_tokens
+    judge.clear_cache()
+    judge.score("What is 2 + 3?", [["2 + 3 = 5."]])
+    assert len(policy.prompts) == 4
+
+
+def test_a_search_with_the_verifier_is_an_oracle_and_with_the_judge_pays_its_tokens(env):
+    from ponder.search import best_of_n
+    from ponder.search.prompts import problem_for_task
+
+    a = _answer(env)
+    oracle = problem_for_task(env, TASK, ScriptedPolicy([f"Answer: {a}"], cycle=True))
+    oracle.prm = VerifierPRM.for_problem(oracle)
+    result = best_of_n(oracle, n=2)
+    assert result.oracle and result.to_dict(with_tree=False)["oracle"] is True
+    judge_policy = ScriptedPolicy(["Verdict: correct"], cycle=True)
+    honest = problem_for_task(env, TASK, ScriptedPolicy([f"Answer: {a}"], cycle=True))
+    honest.prm = LLMJudgePRM(judge_policy, params=SamplingParams(max_tokens=8))
+    result = best_of_n(honest, n=2)
+    assert not result.oracle
+    assert result.budget["judge_tokens"] == judge_policy.usage.completion_tokens > 0
+    assert result.budget["generated_tokens"] == (
+        honest.policy.usage.completion_tokens + judge_policy.usage.completion_tokens
+    )
+
+
 def test_judge_bad_inputs():
     policy = ScriptedPolicy(["Verdict: correct"])
     with pytest.raises(ConfigError, match=r"\{question\}"):

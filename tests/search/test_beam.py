@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ponder.errors import ConfigError
+from ponder.models.types import SamplingParams
 from ponder.search import beam_search
 from ponder.search.best_of_n import path_value
 from ponder.search.budget import Budget
@@ -81,10 +82,20 @@ def test_width_is_refilled_when_beams_finish(make_problem):
 
 def test_budget_stops_beam_search_and_returns_the_best_found(make_problem):
     full = beam_search(make_problem(TRAP, TRAP_SCORES), n=4, beam_width=2)
-    problem = make_problem(TRAP, TRAP_SCORES, budget=Budget(max_generated_tokens=4))
+    # steps of at most 3 tokens: with 1 token left not one fits, so one sample (the one that may
+    # pass the limit) is drawn, and the search stops
+    step = SamplingParams(max_tokens=3, temperature=0.8)
+    problem = make_problem(TRAP, TRAP_SCORES, budget=Budget(max_generated_tokens=1), params=step)
     result = beam_search(problem, n=4, beam_width=2)
+    assert problem.policy.calls == [([()], 1)]
     assert result.budget["policy_calls"] == 1 < full.budget["policy_calls"]
-    assert result.budget["exhausted"]
+    assert result.budget["exhausted"] and result.budget["generated_tokens"] <= 1 + 3
+    problem = make_problem(TRAP, TRAP_SCORES, budget=Budget(max_generated_tokens=6), params=step)
+    result = beam_search(problem, n=4, beam_width=2)
+    # 6 // 3: two worst-case samples fit; they used 2 tokens, so the rest of the root's 4
+    # come in rounds of what fits, and then the budget is spent
+    assert problem.policy.calls == [([()], 2), ([()], 1), ([()], 1)]
+    assert result.budget["generated_tokens"] == 6 and result.budget["exhausted"]
     assert result.answer == "3"  # the only solution finished before the budget ran out
 
 

@@ -17,6 +17,7 @@ from ponder.models.prm import FunctionPRM
 from ponder.search import ALGORITHMS, SearchResult, algorithm, majority_vote
 from ponder.search.base import join_steps, split_steps
 from ponder.search.budget import Budget
+from ponder.search.lats import VALUE_PREFIX
 from ponder.search.prompts import problem_for_task
 
 NAMES = ["majority", "best_of_n", "weighted_best_of_n", "beam", "dvts", "mcts", "lats", "tot_bfs", "tot_dfs"]
@@ -62,7 +63,8 @@ def test_registry_names_and_signature():
     for name, fn in ALGORITHMS.items():
         assert algorithm(name) is fn
         n = inspect.signature(fn).parameters["n"]
-        assert n.kind is inspect.Parameter.KEYWORD_ONLY and n.default == 8, name
+        # lats' n is its expansion width, 5 as in the paper; the others' default is 8
+        assert n.kind is inspect.Parameter.KEYWORD_ONLY and n.default == (5 if name == "lats" else 8), name
     with pytest.raises(UnknownName, match="beam"):
         algorithm("beam_search")
     assert majority_vote(["4", "5", "4"]) == "4"
@@ -82,7 +84,8 @@ def test_every_algorithm_builds_a_marked_tree_that_draws(make_problem, name, tmp
     for x in tree.graph:
         if x:
             assert tree[x]["tokens"] > 0 and isinstance(tree[x]["terminal"], bool)
-            assert (tree[x]["score"] is None) == (name == "majority")
+            # majority needs no PRM; lats values steps with the policy itself (value="lm")
+            assert (tree[x]["score"] is None) == (name in ("majority", "lats"))
             if tree[x]["terminal"]:
                 assert tree[x]["answer"] == problem.answer(tree.steps(x))
     assert result.candidates and all(
@@ -112,6 +115,8 @@ def test_on_the_math_env(name):
     turns = itertools.count()
 
     def reply(prompt):
+        if prompt.assistant_prefix == VALUE_PREFIX:  # lats asks the policy to rate a step
+            return "7"
         done = split_steps(prompt.assistant_prefix)
         if done:
             return "Answer: " + done[-1].split("= ")[1].rstrip(".")
