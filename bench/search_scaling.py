@@ -33,6 +33,7 @@ Writes ``OUT/results.json``, ``OUT/results.md`` and ``OUT/accuracy_vs_tokens.png
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from collections import defaultdict
@@ -104,14 +105,14 @@ def main() -> None:
         print(f"{excluded} tasks skipped: their questions are in the PRM's training labels", flush=True)
     step = SamplingParams(max_tokens=args.step_tokens, temperature=args.temperature)
 
-    def problem(tid: str, budget: int | None = None) -> Any:
+    def problem(tid: str, budget: int | None = None, params: SamplingParams = step) -> Any:
         p = problem_for_task(
             env,
             tid,
             policy,
             None,
             seed=args.seed,
-            params=step,
+            params=params,
             max_steps=args.max_steps,
             budget=Budget(max_generated_tokens=budget),
         )
@@ -143,15 +144,7 @@ def main() -> None:
     # greedy reference: temperature 0, the same step limit and step length as the searches
     greedy_rows = []
     for tid in task_ids:
-        p = problem_for_task(
-            env,
-            tid,
-            policy,
-            None,
-            seed=args.seed,
-            params=SamplingParams(max_tokens=args.step_tokens, temperature=0),
-            max_steps=args.max_steps,
-        )
+        p = problem(tid, params=dataclasses.replace(step, temperature=0))
         greedy_rows.append(row(tid, "greedy", 1, None, ALGORITHMS["majority"](p, n=1), p))
     k = sum(r["correct"] for r in greedy_rows)
     g_tok = sum(r["generated_tokens"] for r in greedy_rows) / len(greedy_rows)

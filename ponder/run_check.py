@@ -29,7 +29,7 @@ from ponder.agents import trials_for
 from ponder.config import RunConfig
 from ponder.episodes import scan_episodes, trials_problem
 
-__all__ = ["check_run", "diff_snapshots", "run_snapshot"]
+__all__ = ["check_run", "diff_snapshots", "memory_records", "run_snapshot"]
 
 #: fields, at any depth, that differ between any two runs of the same config: wall times,
 #: whether an episode was resumed, creation and event times of memory records
@@ -65,6 +65,12 @@ def _stable(value: Any) -> Any:
     return value
 
 
+def memory_records(store: Any) -> dict[str, Any]:
+    """Every record of an open ``MemoryStore`` by ``kind/id``, without the ``VOLATILE_KEYS``: what two
+    runs that wrote the same memory have equal."""
+    return {f"{r.kind}/{r.id}": _stable(r.to_dict()) for r in store.list()}
+
+
 def run_snapshot(run_dir: str | Path, *, memory: str | Path | None = None) -> dict[str, Any]:
     """The run's episodes by id and its memory records by (kind, id), without volatile fields.
 
@@ -81,8 +87,7 @@ def run_snapshot(run_dir: str | Path, *, memory: str | Path | None = None) -> di
     mem_dir = Path(memory) if memory else run_dir / "memory"
     if mem_dir.exists():
         with MemoryStore.open(mem_dir, mode="r") as store:
-            for r in store.list():
-                records[f"{r.kind}/{r.id}"] = _stable(r.to_dict())
+            records = memory_records(store)
     return {"episodes": by_id, "memory": records}
 
 

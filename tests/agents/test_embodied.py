@@ -419,14 +419,9 @@ def test_clin_rewrite_without_a_lesson_keeps_the_memory(tmp_path):
 
 def _memory(store):
     """Memory records without their times: what a resumed run must end with."""
-    out = []
-    for r in store.list():
-        d = r.to_dict()
-        d["provenance"].pop("created_at")
-        for ev in d.get("history", []):
-            ev.pop("at", None)
-        out.append(d)
-    return sorted(out, key=lambda d: d["id"])
+    from ponder.run_check import memory_records
+
+    return memory_records(store)
 
 
 def test_clin_rewrite_is_written_once_when_a_kill_lands_anywhere(tmp_path):
@@ -472,7 +467,7 @@ def test_clin_rewrite_is_written_once_when_a_kill_lands_anywhere(tmp_path):
 
     ref, graph, config, writes = episode(tmp_path / "ref")
     expected = _memory(ref)
-    assert len([r for r in expected if r["status"] == "active"]) == 2
+    assert len([r for r in expected.values() if r["status"] == "active"]) == 2
     # the remember node run again from its checkpoint: nothing changes
     before = next(s for s in graph.get_state_history(config) if s.next == ("remember",))
     remember_insights(ref, before.values, AgentContext(env=ToyRoomsEnv(), run_id="r", episode_id="e1"))
