@@ -111,11 +111,11 @@ class SearchActor:
         from ponder.search.base import SearchProblem
         from ponder.search.budget import Budget
 
-        evaluate = env.verifier(task_id, ctx.seed)
+        evaluate, reads = env.verifier(task_id, ctx.seed), getattr(env, "verifier_reads_answer", True)
         problem = SearchProblem(
             prompt,
             self.policy,
-            self._prm_for(evaluate),
+            self._prm_for(evaluate, reads),
             question=question,
             params=self.step_params,
             separator=self.separator,
@@ -124,6 +124,7 @@ class SearchActor:
             budget=Budget(max_generated_tokens=self.budget),
             seed=seed,
             evaluate=evaluate,
+            evaluate_reads_answer=reads,
         )
         result = ALGORITHMS[self.algorithm](problem, n=self.n, **dict(self.options))
         summary = {
@@ -163,12 +164,12 @@ class SearchActor:
             "searches": [summary],
         }
 
-    def _prm_for(self, evaluate: Callable[[str], tuple[bool, str]]) -> Any:
+    def _prm_for(self, evaluate: Callable[[str], tuple[bool, str]], reads_answer: bool = True) -> Any:
         if isinstance(self.prm, str):
             if self.prm == "verifier":
                 from ponder.models.prm_oracle import VerifierPRM
 
-                return VerifierPRM(evaluate)
+                return VerifierPRM(evaluate, oracle=reads_answer)
             raise ConfigError(f"unknown PRM name {self.prm!r}; pass a PRM object, 'verifier' or None")
         return self.prm
 

@@ -87,6 +87,9 @@ class TextEnv(gym.Env[str, str]):
     #: verbs of actions that cannot be undone (ScienceWorld's "focus on"): an agent takes such an
     #: action only when the model wrote that verb, never as the nearest guess to other text
     guarded_verbs: ClassVar[tuple[str, ...]] = ()
+    #: whether ``verifier`` (what search uses to hear the env's verdict) reads the gold answer: a
+    #: search that decides by it is an oracle. HumanEval's runs only the visible tests: not one.
+    verifier_reads_answer: ClassVar[bool] = True
     #: worked (observation, reply) pairs in the env's answer format, for few-shot prompts;
     #: drawn apart from the tasks, never one of them.
     fewshot: tuple[tuple[str, str], ...] = ()

@@ -142,6 +142,7 @@ class HumanEvalEnv(TextEnv):
 
     name: ClassVar[str] = "humaneval"
     single_step: ClassVar[bool] = True
+    verifier_reads_answer: ClassVar[bool] = False  # a step runs only the visible tests
 
     def __init__(
         self,

@@ -64,8 +64,10 @@ class VerifierPRM(BasePRM):
         neutral: the score of every step but the last.
         cache_size: verdicts kept per solution text (verifiers such as code sandboxes are
             slow, and search re-scores the same candidates); 0 turns the cache off.
+        oracle: whether ``evaluate`` reads the gold answer (the default, as the math verifier
+            does); HumanEval's verifier runs only the visible tests, and is not one.
 
-    Tokens read are 0: no model reads anything. An oracle: it reads the gold answer.
+    Tokens read are 0: no model reads anything.
     """
 
     name = "verifier"
@@ -78,8 +80,10 @@ class VerifierPRM(BasePRM):
         separator: str = "\n\n",
         neutral: float = 0.5,
         cache_size: int = 4096,
+        oracle: bool = True,
     ):
         super().__init__()
+        self.oracle = bool(oracle)
         if not callable(evaluate):
             raise ConfigError(
                 "VerifierPRM needs evaluate(solution_text) -> (success, feedback); pass a function"

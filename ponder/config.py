@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ponder.errors import ConfigError
+from ponder.errors import ConfigError, PonderError
 
 __all__ = ["SINGLE_ANSWER_LOOPS", "RunConfig", "load_yaml"]
 
@@ -200,9 +200,15 @@ class RunConfig:
         PRM (``prm: verifier``) or as a search's terminal reward (MCTS's ``use_env_reward``;
         LATS uses it unless ``use_env_reward: false``). Saved in config.yaml, and every episode,
         report and plot of such a run says "oracle"."""
+        from ponder.environments import spec
+
         lats = "lats" in (self.algorithm if self.agent == "search" else None, self.actor_search)
         env_reward = self.search_options.get("use_env_reward", lats)
-        return self.prm == "verifier" or bool(env_reward)
+        try:  # HumanEval's verifier runs only the visible tests: using it reads no answer
+            reads = bool(getattr(spec(self.env).load(), "verifier_reads_answer", True))
+        except PonderError:
+            reads = True
+        return reads and (self.prm == "verifier" or bool(env_reward))
 
     @property
     def run_name(self) -> str:

@@ -133,7 +133,11 @@ class SearchProblem:
         seed: base sampling seed; each call derives its own.
         evaluate: solution text -> ``(success, feedback)`` from the environment, for methods
             that use environment feedback (LATS) and for oracle PRMs; None when not available.
-            It reads the gold answer: a search that calls it (through ``verify``) is an oracle.
+            When it reads the gold answer (``evaluate_reads_answer``, true unless the env says
+            otherwise, as HumanEval's visible tests do) a search that calls it (through
+            ``verify``) is an oracle.
+        evaluate_reads_answer: whether ``evaluate`` reads the gold answer
+            (``TextEnv.verifier_reads_answer``).
         oracle_sources: what made this search an oracle so far (filled in by ``verify`` and
             ``score``); empty for an honest search.
     """
@@ -150,6 +154,7 @@ class SearchProblem:
     budget: Budget = field(default_factory=Budget)
     seed: int = 0
     evaluate: Callable[[str], tuple[bool, str]] | None = None
+    evaluate_reads_answer: bool = True
     oracle_sources: set[str] = field(default_factory=set)
     _calls: int = field(default=0, repr=False)
 
@@ -316,13 +321,14 @@ class SearchProblem:
 
     def verify(self, text: str) -> tuple[bool, str]:
         """``problem.evaluate(text)`` for a decision inside the search: the result becomes an
-        ORACLE result (the verifier reads the gold answer)."""
+        ORACLE result when the verifier reads the gold answer (``evaluate_reads_answer``)."""
         if self.evaluate is None:
             raise ConfigError(
                 "this search needs environment feedback but problem.evaluate is None; build the problem "
                 "with ponder.search.prompts.problem_for_task(...) or pass SearchProblem(..., evaluate=fn)"
             )
-        self.oracle_sources.add("problem.evaluate (the env's verifier) decided inside the search")
+        if self.evaluate_reads_answer:
+            self.oracle_sources.add("problem.evaluate (the env's verifier) decided inside the search")
         return self.evaluate(text)
 
     def value(self, step_scores: Sequence[float]) -> float:

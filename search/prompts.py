@@ -53,6 +53,7 @@ def problem_for_task(
     """
     obs, _ = env.reset(seed=seed, options={"task_id": task_id})
     kw.setdefault("evaluate", env.verifier(task_id, seed))
+    kw.setdefault("evaluate_reads_answer", getattr(env, "verifier_reads_answer", True))
     return SearchProblem(
         step_prompt(env, task_id, obs, separator),
         policy,

@@ -98,6 +98,10 @@ def test_feedback_level_and_oracle_are_part_of_a_run(tmp_path):
     cfg = RunConfig(agent="search", algorithm="best_of_n", prm="verifier", n=2, tasks=1, trials=1,
                     policy="scripted", script=("Answer: 13",), runs_dir=str(tmp_path), name="o")  # fmt: skip
     assert cfg.oracle and not cfg.replace(prm=None, algorithm="majority").oracle
+    assert RunConfig(agent="search", algorithm="lats").oracle  # its terminal reward is the env's verdict
+    assert not RunConfig(agent="search", algorithm="lats", search_options={"use_env_reward": False}).oracle
+    # HumanEval's verifier runs only the visible tests: searching by it reads no answer
+    assert not RunConfig(agent="search", env="humaneval", prm="verifier", algorithm="best_of_n").oracle
     result = run(cfg, progress=False)
     saved = yaml.safe_load((tmp_path / "o" / "config.yaml").read_text())
     assert saved["oracle"] is True and saved["feedback"] == "binary"

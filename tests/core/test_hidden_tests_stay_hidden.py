@@ -40,19 +40,29 @@ CASES = {
     "retry-feedback": {},
     "retry": {},
     "search": {"algorithm": "majority", "n": 3, "trials": 1},
+    # LATS decides by the env's verdict: on HumanEval the visible tests, so it is no oracle
+    "search-lats": {
+        "agent": "search",
+        "algorithm": "lats",
+        "n": 2,
+        "trials": 1,
+        "search_options": {"iterations": 2},
+    },
+    "search-verifier": {"agent": "search", "algorithm": "best_of_n", "prm": "verifier", "n": 2, "trials": 1},
     "debate": {"agents": 2, "rounds": 2, "trials": 1},
     "team": {"topology": "star", "agents": 2},
 }
 
 
-@pytest.mark.parametrize("agent", list(CASES))
-def test_no_hidden_test_text_reaches_what_an_agent_reads(tmp_path, agent):
+@pytest.mark.parametrize("case", list(CASES))
+def test_no_hidden_test_text_reaches_what_an_agent_reads(tmp_path, case):
+    agent = CASES[case].get("agent", case)
     problems = load_problems()
     ids = list(problems)[:TASKS]
     hidden = {tid: _hidden_only(problems[tid]) for tid in ids}
     assert all(hidden.values())  # every task has hidden calls the prompt does not show
     policy = ScriptedPolicy(_reply)
-    opts = {"trials": 2, **CASES[agent]}
+    opts = {"trials": 2, **{k: v for k, v in CASES[case].items() if k != "agent"}}
     cfg = RunConfig(agent=agent, env="humaneval", tasks=TASKS, feedback="full", policy="scripted",
                     script=("unused",), runs_dir=str(tmp_path), name="r", embedder="hashing", **opts)  # fmt: skip
     result = run(cfg, policy=policy, progress=False)
@@ -71,3 +81,4 @@ def test_no_hidden_test_text_reaches_what_an_agent_reads(tmp_path, agent):
     # the hidden verdict is recorded for the report, apart from what the agent saw
     for e in result.episodes:
         assert "internal_success" in e and all("hidden_success" in t for t in e["trials"])
+        assert e["oracle"] is False  # the visible tests are what any agent may use
