@@ -15,6 +15,7 @@ PACKAGES = (
     "ponder.memory",
     "ponder.search",
     "ponder.agents",
+    "ponder.training",
 )
 
 
