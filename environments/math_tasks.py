@@ -34,7 +34,7 @@ from typing import Any
 from ponder.environments.base import StepResult, TextEnv
 from ponder.errors import ConfigError
 
-__all__ = ["MathEnv", "MathTask", "feedback_for", "generate_task", "parse_answer"]
+__all__ = ["PHRASINGS", "MathEnv", "MathTask", "feedback_for", "generate_task", "in_words", "parse_answer"]
 
 INSTRUCTION = "Solve the problem. End your reply with a line of the form 'Answer: <number>'."
 LEVELS = (1, 2, 3, 4, 5)
@@ -146,6 +146,52 @@ def _level5(r: random.Random) -> Generated:
 
 _GENERATORS = {1: _level1, 2: _level2, 3: _level3, 4: _level4, 5: _level5}
 
+PHRASINGS = ("plain", "words")
+_WORDS = [
+    (
+        re.compile(r"^What is (\d+) \+ (\d+)\?$"),
+        "{n} has {0} {t} and finds {1} more. How many {t} does {n} have now?",
+    ),
+    (
+        re.compile(r"^What is (\d+) - (\d+)\?$"),
+        "{n} has {0} {t} and gives {1} of them to {o}. How many {t} does {n} have left?",
+    ),
+    (
+        re.compile(r"^What is (\d+) \* (\d+)\?$"),
+        "{n} buys {0} bags with {1} {t} in each bag. How many {t} is that in all?",
+    ),
+    (
+        re.compile(r"^What is (\d+) \+ (\d+) \* (\d+)\?$"),
+        "{n} has {0} {t} and buys {1} packs of {2} {t} each. How many {t} does {n} have now?",
+    ),
+    (
+        re.compile(r"^What is (\d+) \* (\d+) - (\d+)\?$"),
+        "{n} buys {0} packs of {1} {t} each and gives {2} {t} to {o}. How many {t} does {n} keep?",
+    ),
+]
+
+
+def in_words(task: MathTask, seed: int) -> MathTask:
+    """The same task (same numbers, same answer) phrased as a word problem: the held-out
+    *transfer* set of a model trained on the plain phrasing (levels 1-3; levels 4-5 unchanged).
+
+    Example:
+        >>> in_words(generate_task(0, 1, 0), seed=0).question
+        'Ivo has 9 stickers and finds 4 more. How many stickers does Ivo have now?'
+    """
+    r = random.Random(f"ponder-math-words/{seed}/{task.task_id}")
+    name, other = r.sample(_NAMES, 2)
+    thing = r.choice(_THINGS)
+    for pattern, template in _WORDS:
+        if m := pattern.match(task.question):
+            question = template.format(*m.groups(), n=name, o=other, t=thing)
+            return MathTask(
+                task.task_id.replace("math/", "math-words/"), task.level, question, task.answer, task.solution
+            )
+    return MathTask(
+        task.task_id.replace("math/", "math-words/"), task.level, task.question, task.answer, task.solution
+    )
+
 
 def generate_task(seed: int, level: int, index: int) -> MathTask:
     """The task at ``index`` of level ``level`` for ``seed`` (pure and reproducible)."""
@@ -232,6 +278,8 @@ class MathEnv(TextEnv):
         level: 1-5, or a list of levels to mix.
         num_tasks: tasks per level.
         seed: selects the task list (the same seed gives the same tasks).
+        phrasing: ``plain`` ("What is 9 + 4?") or ``words`` (the same tasks as word problems,
+            ids ``math-words/...``: a transfer set for a model trained on the plain phrasing).
         feedback: ``binary`` ("Correct." / "Wrong.", the default), ``directional`` (no answer
             found, or too high / too low) or ``full`` (the same as directional).
     """
@@ -239,8 +287,17 @@ class MathEnv(TextEnv):
     name = "math"
     single_step = True
 
-    def __init__(self, level: int | list[int] = 1, num_tasks: int = 100, seed: int = 0, **kw: Any):
+    def __init__(
+        self,
+        level: int | list[int] = 1,
+        num_tasks: int = 100,
+        seed: int = 0,
+        phrasing: str = "plain",
+        **kw: Any,
+    ):
         super().__init__(**kw)
+        if phrasing not in PHRASINGS:
+            raise ConfigError(f"math phrasing must be one of {', '.join(PHRASINGS)}, got {phrasing!r}")
         levels = [level] if isinstance(level, int) else list(level)
         if not levels or any(lv not in LEVELS for lv in levels):
             raise ConfigError(f"math level must be in {LEVELS} (or a list of them), got {level!r}")
@@ -248,12 +305,16 @@ class MathEnv(TextEnv):
             raise ConfigError(f"math num_tasks must be >= 1, got {num_tasks}")
         self.seed = seed
         # levels interleave (L1/0, L2/0, ..., L1/1, ...): the first N tasks mix every level
+        phrase = (lambda t: in_words(t, seed)) if phrasing == "words" else (lambda t: t)
         self.tasks = {
-            t.task_id: t for i in range(num_tasks) for t in (generate_task(seed, lv, i) for lv in levels)
+            t.task_id: t
+            for i in range(num_tasks)
+            for t in (phrase(generate_task(seed, lv, i)) for lv in levels)
         }
         # examples come from another seed's task stream, so they are never test tasks
         self._examples = {
-            lv: tuple(_worked_example(generate_task(-1 - seed, lv, i)) for i in range(2)) for lv in levels
+            lv: tuple(_worked_example(phrase(generate_task(-1 - seed, lv, i))) for i in range(2))
+            for lv in levels
         }
         self.fewshot = tuple(ex for lv in levels for ex in self._examples[lv][: 2 if len(levels) == 1 else 1])
 

@@ -1,3 +1,4 @@
+import re
 from fractions import Fraction
 
 import pytest
@@ -94,3 +95,18 @@ def test_task_text_drops_the_shared_instruction():
         obs, _ = env.reset(options={"task_id": tid})
         assert env.task_text(obs) == env.tasks[tid].question
     assert env.task_text("no instruction here") == "no instruction here"
+
+
+def test_word_phrasing_is_the_same_tasks_in_other_words():
+    plain = MathEnv(level=[1, 2, 3], num_tasks=20, seed=7)
+    words = MathEnv(level=[1, 2, 3], num_tasks=20, seed=7, phrasing="words")
+    assert [t.replace("math/", "math-words/") for t in plain.task_ids()] == words.task_ids()
+    for tid in plain.task_ids():
+        p, w = plain.tasks[tid], words.tasks[tid.replace("math/", "math-words/")]
+        assert p.answer == w.answer and "What is" not in w.question and "How many" in w.question
+        assert [n for n in re.findall(r"\d+", p.question)] == [n for n in re.findall(r"\d+", w.question)]
+    obs, _ = words.reset(options={"task_id": words.task_ids()[0]})
+    assert words.step(f"Answer: {words.tasks[words.task_ids()[0]].answer}")[4]["success"]
+    assert all("How many" in q for q, _ in words.examples_for(words.task_ids()[0]))
+    with pytest.raises(ConfigError, match="phrasing"):
+        MathEnv(phrasing="poem")
