@@ -53,6 +53,7 @@ __all__ = [
     "candidate_layers",
     "encode_labels",
     "evaluate",
+    "fit_prm",
     "label",
     "label_stats",
     "load_labels",
@@ -507,3 +508,48 @@ def _fit(
         loss = total / len(y)
     head.eval()
     return head, loss, time.perf_counter() - t0
+
+
+def fit_prm(
+    records: Sequence[dict[str, Any]],
+    backbone: Any = None,
+    *,
+    layer: int | Literal["auto"] = "auto",
+    out: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    seed: int = 0,
+    labels: Sequence[str] = (),
+    **kw: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """A ``ValueHeadPRM`` trained on ``records`` (what ``ponder prm train`` does): the layer the
+    head reads is chosen by dev AUC (``layer="auto"``) or given; saved to ``out`` with
+    ``metrics.json`` when ``out`` is set. Returns ``(prm, metrics)``.
+
+    Args:
+        records: label records (``label`` / ``load_labels``).
+        backbone: a ``LocalPolicy`` to share, or a model folder (None: the default model).
+        layer: ``"auto"`` or the layer to read (-1: the last).
+        out: the checkpoint folder to write, or None.
+        labels: the label files, recorded in the checkpoint's provenance.
+        **kw: ``train``'s options (``epochs``, ``lr``, ``batch_size``, ``target``, ``val_fraction``).
+    """
+    from ponder.models.prm_value import ValueHeadPRM
+
+    prm = ValueHeadPRM(
+        backbone, layer=-1 if layer == "auto" else layer, device=device, dtype=dtype, seed=seed
+    )
+    kw = {"seed": seed, **kw}
+    features, report = None, None
+    if layer == "auto":
+        chosen, report, features = select_layer(records, prm, **kw)
+        if chosen != -1:  # a PRM that runs only the chosen layers, sharing the loaded weights
+            prm = ValueHeadPRM(backbone=prm, layer=chosen, seed=seed)
+    metrics = train(records, prm, features=features, **kw)
+    if report is not None:
+        metrics["layer_selection"] = report
+    prm.trained_on["labels"] = [str(Path(x).resolve()) for x in labels]
+    if out is not None:
+        saved = prm.save(out)
+        (saved / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    return prm, metrics

@@ -94,15 +94,6 @@ def cmd_label(a: argparse.Namespace) -> int:
     return 0
 
 
-def _load_prm(path: str | None, a: argparse.Namespace) -> Any:
-    from ponder.models.prm_value import ValueHeadPRM
-
-    if path is not None:
-        return ValueHeadPRM.load(path, device=a.device, dtype=a.dtype)
-    layer = -1 if a.layer == "auto" else a.layer
-    return ValueHeadPRM(a.backbone, layer=layer, device=a.device, dtype=a.dtype, seed=a.seed)
-
-
 def _load_many(paths: list[str]) -> list[dict[str, Any]]:
     """Records of several label files; task ids get ``@<file stem>`` so that files labelled with
     other seeds (the same ids, other questions) stay apart in the held-out split."""
@@ -144,41 +135,40 @@ def _print_metrics(name: str, m: dict[str, Any] | None) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from ponder.models.prm_train import select_layer, train
-    from ponder.models.prm_value import ValueHeadPRM
+    from ponder.models.prm_train import fit_prm
 
     records = _load_many(a.labels)
-    prm = _load_prm(None, a)
-    kw: dict[str, Any] = {
-        "epochs": a.epochs,
-        "lr": a.lr,
-        "batch_size": a.batch_size,
-        "target": a.target,
-        "seed": a.seed,
-        "val_fraction": a.val_fraction,
-    }
-    features, report = None, None
-    if a.layer == "auto":
-        layer, report, features = select_layer(records, prm, **kw)
-        _say(f"layer {layer} (dev AUC by layer: {report['dev_auc']})")
-        if layer != -1:  # a PRM that runs only the chosen layers, sharing the loaded weights
-            prm = ValueHeadPRM(backbone=prm, layer=layer, seed=a.seed)
-    metrics = train(records, prm, features=features, **kw)
-    if report is not None:
-        metrics["layer_selection"] = report
-    prm.trained_on["labels"] = [str(Path(x).resolve()) for x in a.labels]
-    out = prm.save(a.out)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    backbone = a.backbone
+    layer = a.layer if a.layer == "auto" else int(a.layer)
+    prm, metrics = fit_prm(
+        records,
+        backbone,
+        layer=layer,
+        out=a.out,
+        device=a.device,
+        dtype=a.dtype,
+        seed=a.seed,
+        labels=a.labels,
+        epochs=a.epochs,
+        lr=a.lr,
+        batch_size=a.batch_size,
+        target=a.target,
+        val_fraction=a.val_fraction,
+    )
+    if "layer_selection" in metrics:
+        _say(f"layer {prm.layer} (dev AUC by layer: {metrics['layer_selection']['dev_auc']})")
     _print_metrics("train", metrics["train"])
     _print_metrics("held-out", metrics["val"])
+    out = Path(a.out)
     _say(f"checkpoint {out}\nmetrics    {out / 'metrics.json'}")
     return 0
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
     from ponder.models.prm_train import evaluate, load_labels
+    from ponder.models.prm_value import ValueHeadPRM
 
-    prm = _load_prm(a.prm, a)
+    prm = ValueHeadPRM.load(a.prm, device=a.device, dtype=a.dtype)
     records = load_labels(a.labels)
     metrics = evaluate(records, prm)
     if a.json:
