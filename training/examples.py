@@ -61,7 +61,11 @@ class ChatExample:
         if not self.messages:
             raise ConfigError("a training example needs messages")
         for m in self.messages:
-            if not isinstance(m, dict) or m.get("role") not in _ROLES or not isinstance(m.get("content"), str):
+            if (
+                not isinstance(m, dict)
+                or m.get("role") not in _ROLES
+                or not isinstance(m.get("content"), str)
+            ):
                 raise ConfigError(
                     f"a message must be {{'role': system|user|assistant, 'content': str}}, got {str(m)[:120]}"
                 )
