@@ -58,7 +58,9 @@ class Encoded:
 
 def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt
+        )
     except Exception as e:  # jinja raises its own errors (e.g. "roles must alternate")
         raise ConfigError(f"the chat template cannot render this example ({str(e)[:160]})") from None
 
