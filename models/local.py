@@ -214,7 +214,9 @@ class LocalPolicy(BasePolicy):
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)
         if engine is not None:
-            engine.close()
+            # at interpreter exit the modules close() needs may be gone already
+            with contextlib.suppress(Exception):
+                engine.close()
 
     def describe(self) -> dict[str, Any]:
         return {

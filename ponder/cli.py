@@ -364,11 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     from ponder.cli_optimize import add_optimize_parser
     from ponder.cli_prm import add_prm_parser
     from ponder.cli_serve import add_serve_parser
+    from ponder.cli_train import add_train_parser
 
     add_memory_parser(sub)
     add_prm_parser(sub)
     add_optimize_parser(sub)
     add_serve_parser(sub)
+    add_train_parser(sub)
     return p
 
 

@@ -105,7 +105,7 @@ def test_word_phrasing_is_the_same_tasks_in_other_words():
         p, w = plain.tasks[tid], words.tasks[tid.replace("math/", "math-words/")]
         assert p.answer == w.answer and "What is" not in w.question and "How many" in w.question
         assert [n for n in re.findall(r"\d+", p.question)] == [n for n in re.findall(r"\d+", w.question)]
-    obs, _ = words.reset(options={"task_id": words.task_ids()[0]})
+    words.reset(options={"task_id": words.task_ids()[0]})
     assert words.step(f"Answer: {words.tasks[words.task_ids()[0]].answer}")[4]["success"]
     assert all("How many" in q for q, _ in words.examples_for(words.task_ids()[0]))
     with pytest.raises(ConfigError, match="phrasing"):

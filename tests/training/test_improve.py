@@ -1,0 +1,121 @@
+"""``ponder improve`` end to end at a tiny size: scripted collection, a tiny model fine-tuned for
+real, the held-out evaluation, the report; and a kill + ``--resume`` that repeats no stage."""
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from ponder.errors import ConfigError
+from ponder.models import ScriptedPolicy
+from ponder.training.evaluate import EvalConfig
+from ponder.training.improve import ImproveConfig, improve
+
+
+def answer(prompt) -> str:
+    """Right on about half the tasks (by a hash of the prompt), wrong on the rest."""
+    text = prompt.messages[-1].content
+    found = re.findall(r"(\d+) \+ (\d+)", text)
+    h = int(
+        hashlib.blake2b(("\n".join(m.content for m in prompt.messages)).encode(), digest_size=4).hexdigest(),
+        16,
+    )
+    if not found:
+        return "Answer: 0"
+    a, b = map(int, found[-1])
+    return f"{a} + {b} = {a + b}.\nAnswer: {a + b + (h % 2)}"
+
+
+def _cfg(tmp_path, tiny_model, **kw):
+    return ImproveConfig(
+        name="loop",
+        runs_dir=str(tmp_path),
+        iterations=1,
+        model=str(tiny_model),
+        levels=(1,),
+        train_tasks=4,
+        samples=2,
+        trials=2,
+        epochs=1,
+        batch_size=2,
+        prm_tasks=0,
+        eval=EvalConfig(levels=(1,), tasks=3, samples=2, trials=2, concurrency=2),
+        **kw,
+    )
+
+
+def test_one_iteration_end_to_end(tmp_path, tiny_model):
+    cfg = _cfg(tmp_path, tiny_model)
+    rows = improve(cfg, policy_factory=lambda path: ScriptedPolicy(answer))
+    assert [r["iteration"] for r in rows] == [0, 1]
+    it = tmp_path / "loop" / "iter-1"
+    assert (it / "policy" / "config.json").exists() and (it / "policy" / "ponder_train.json").exists()
+    data = [json.loads(x) for x in (it / "data" / "train.jsonl").read_text().splitlines()]
+    assert data and {d["kind"] for d in data} <= {"rft", "self-correction"}
+    assert all(d["source"]["run"] for d in data)
+    metrics = json.loads((it / "eval" / "metrics.json").read_text())
+    assert {"heldout", "transfer"} <= set(metrics)
+    assert set(metrics["heldout"]["agents"]) == {"reflexion", "retry-feedback", "retry"}
+    report = (tmp_path / "loop" / "report.md").read_text()
+    assert "| 0 |" in report and "| 1 |" in report and (tmp_path / "loop" / "improve.png").exists()
+    assert rows[1]["examples"] == len(data) and rows[1]["tokens_trained"]
+    with pytest.raises(ConfigError, match="--resume"):
+        improve(cfg, policy_factory=lambda path: ScriptedPolicy(answer))
+
+
+def test_the_eval_seed_is_never_a_training_seed():
+    with pytest.raises(ConfigError, match="also a training seed"):
+        ImproveConfig(train_seed_base=0, eval=EvalConfig(seed=1))
+
+
+_DRIVER = textwrap.dedent(
+    """
+    import sys, time
+    from ponder.models import ScriptedPolicy
+    from ponder.training.evaluate import EvalConfig
+    from ponder.training.improve import ImproveConfig, improve
+    sys.path.insert(0, sys.argv[3])
+    from test_improve import answer
+
+    def slow(prompt):
+        time.sleep(0.01)
+        return answer(prompt)
+
+    cfg = ImproveConfig(name="loop", runs_dir=sys.argv[1], iterations=1, model=sys.argv[2], levels=(1,),
+                        train_tasks=4, samples=2, trials=2, epochs=1, batch_size=2, prm_tasks=0,
+                        eval=EvalConfig(levels=(1,), tasks=3, samples=2, trials=2, concurrency=2))
+    improve(cfg, resume=len(sys.argv) > 4, policy_factory=lambda path: ScriptedPolicy(slow))
+    """
+)
+
+
+def test_kill_and_resume_repeats_no_finished_stage(tmp_path, tiny_model):
+    script = tmp_path / "drive.py"
+    script.write_text(_DRIVER)
+    args = [sys.executable, str(script), str(tmp_path), str(tiny_model), os.path.dirname(__file__)]
+    proc = subprocess.Popen(args, start_new_session=True)
+    marker = tmp_path / "loop" / "iter-1" / "data.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not marker.exists() and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before the kill"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = {
+        p.name: p.stat().st_mtime_ns
+        for p in (tmp_path / "loop").rglob("*.json")
+        if p.parent.name.startswith("iter-")
+    }
+    subprocess.run([*args, "resume"], check=True, timeout=600)
+    for name, mtime in done_before.items():  # finished stages were not done again
+        found = [p for p in (tmp_path / "loop").rglob(name) if p.parent.name.startswith("iter-")]
+        assert any(p.stat().st_mtime_ns == mtime for p in found), name
+    rows_md = (tmp_path / "loop" / "report.md").read_text()
+    assert "| 0 |" in rows_md and "| 1 |" in rows_md
