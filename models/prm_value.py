@@ -169,7 +169,8 @@ class ValueHeadPRM(BasePRM):
     Args:
         model: a local model folder, ``"default"``/``None`` (SmolLM2-135M-Instruct), or an
             already-loaded ``LocalPolicy`` whose weights are shared (same as ``backbone=``).
-        backbone: a ``LocalPolicy`` to share (its model, tokenizer and device).
+        backbone: a ``LocalPolicy`` to share (its model, tokenizer and device), or a model
+            folder to load (same as ``model=``), e.g. ``runs/NAME/iter-3/policy``.
         layer: how deep the head reads: ``-1`` (or the layer count) the final normed hidden
             state; ``i`` the hidden state after the first ``i`` decoder layers, passed through
             the final norm. Only those ``i`` layers run (shared weights), so a shallow layer
@@ -210,6 +211,8 @@ class ValueHeadPRM(BasePRM):
             raise ConfigError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
         if backbone is None and hasattr(model, "model") and hasattr(model, "tokenizer"):
             model, backbone = None, model
+        if isinstance(backbone, (str, Path)):  # a model folder (e.g. one ponder train sft wrote)
+            model, backbone = backbone, None
         if backbone is not None:
             if not (hasattr(backbone, "model") and hasattr(backbone, "tokenizer")):
                 raise ConfigError(

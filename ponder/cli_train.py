@@ -121,7 +121,7 @@ def cmd_sft(a: argparse.Namespace) -> int:
 
 def cmd_improve(a: argparse.Namespace) -> int:
     from ponder.training.evaluate import EvalConfig
-    from ponder.training.improve import ImproveConfig, improve
+    from ponder.training.improve import ImproveConfig, improve, waiting
 
     levels = tuple(int(x) for x in _csv(a.levels))
     eval_cfg = EvalConfig(
@@ -140,8 +140,19 @@ def cmd_improve(a: argparse.Namespace) -> int:
         epochs=a.epochs,
         prm_tasks=a.prm_tasks,
         eval=eval_cfg,
+        policy=a.policy,
+        base_url=a.base_url,
+        prm_backbone=a.prm_backbone,
     )
-    rows = improve(cfg, resume=a.resume)
+    rows = improve(cfg, resume=a.resume, trained=a.trained)
+    wait = waiting(cfg)
+    if wait:
+        _say(
+            f"iteration {wait['iteration']}: the dataset is {wait['data']}\n"
+            f"fine-tune {wait['base']} on it, serve the result at the same server, then run:\n"
+            f"  ponder improve --name {a.name} --runs-dir {a.runs_dir} --resume --trained NAME"
+        )
+        return 0
     _say((Path(a.runs_dir) / a.name / "report.md").read_text() if rows else "no iteration finished")
     _say(
         f"report {Path(a.runs_dir) / a.name / 'report.md'}\nplot   {Path(a.runs_dir) / a.name / 'improve.png'}"
@@ -191,7 +202,21 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     i.add_argument("--runs-dir", default="runs")
     i.add_argument("--resume", action="store_true", help="continue a killed improve run")
     i.add_argument("--iterations", type=int, default=3)
-    i.add_argument("--model", help="the base model folder (default SmolLM2-135M-Instruct)")
+    i.add_argument(
+        "--model",
+        help="the base model folder (default SmolLM2-135M-Instruct); with --policy openai its served name",
+    )
+    i.add_argument(
+        "--policy",
+        default="local",
+        choices=["local", "openai"],
+        help="openai: collect and evaluate through an OpenAI-compatible server and fine-tune elsewhere",
+    )
+    i.add_argument("--base-url", help="the server of --policy openai (default $OPENAI_BASE_URL)")
+    i.add_argument(
+        "--trained", help="with --resume and --policy openai: the served name of the model trained"
+    )
+    i.add_argument("--prm-backbone", help="with --policy openai: the local model folder the PRM reads")
     i.add_argument("--levels", default="1,2,3", help="math levels, e.g. 1,2,3")
     i.add_argument("--train-tasks", type=int, default=40, help="training tasks per level per iteration")
     i.add_argument("--samples", type=int, default=4, help="sampling runs per iteration (rejection sampling)")

@@ -129,8 +129,9 @@ def _run(
 
     rc = RunConfig(
         env="math",
-        env_kwargs=env_kwargs,
-        tasks=cfg.tasks,
+        # num_tasks is per level; the run takes all of them (levels interleave in the env's order)
+        env_kwargs={**env_kwargs, "num_tasks": cfg.tasks},
+        tasks=cfg.tasks * len(cfg.levels),
         seed=cfg.seed,
         feedback=cfg.feedback,
         max_tokens=cfg.max_tokens,

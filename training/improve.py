@@ -49,7 +49,7 @@ from ponder.training.evaluate import EvalConfig
 from ponder.training.improve_report import row, spent_by_stage, write_report
 from ponder.training.improve_stages import Stages
 
-__all__ = ["ImproveConfig", "build_improve_graph", "improve"]
+__all__ = ["ImproveConfig", "build_improve_graph", "improve", "waiting"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,14 @@ class ImproveConfig:
             (0 tasks: no PRM; the PRM-weighted evaluation is then skipped).
         eval: the held-out evaluation (``EvalConfig``); its seed must not be a training seed.
         concurrency: episodes at once in collection.
+        policy: ``"local"`` (fine-tuned here) or ``"openai"``: collection, PRM labels and
+            evaluation go through an OpenAI-compatible server (``base_url``, ``model`` = the served
+            model's name) and the fine-tuning happens elsewhere: each iteration stops after
+            writing its dataset, and ``improve(..., trained=NAME)`` (``ponder improve --resume
+            --trained NAME``) continues with the model the user trained on it and served.
+        base_url: the server of ``policy="openai"`` (None: ``OPENAI_BASE_URL``).
+        prm_backbone: the local model folder the PRM's value head reads with ``policy="openai"``
+            (None: the embedded default); with a local policy the PRM reads the policy itself.
     """
 
     name: str = "improve"
@@ -101,8 +109,15 @@ class ImproveConfig:
     prm_rollouts: int = 4
     eval: EvalConfig = field(default_factory=EvalConfig)
     concurrency: int = 8
+    policy: str = "local"
+    base_url: str | None = None
+    prm_backbone: str | None = None
 
     def __post_init__(self) -> None:
+        if self.policy not in ("local", "openai"):
+            raise ConfigError(f"policy must be 'local' or 'openai', got {self.policy!r}")
+        if self.policy == "openai" and not self.model:
+            raise ConfigError("policy='openai' needs model: the name the server serves the base model as")
         if self.iterations < 1 or self.train_tasks < 1 or self.samples < 1 or self.trials < 1:
             raise ConfigError("improve needs iterations, train_tasks, samples and trials >= 1")
         seeds = {self.train_seed(k) for k in range(1, self.iterations + 1)} | {self.train_seed_base}
@@ -142,6 +157,7 @@ class ImproveState(TypedDict, total=False):
 def build_improve_graph(cfg: ImproveConfig, *, checkpointer: Any = None, policy_factory: Any = None) -> Any:
     """The loop as a compiled LangGraph graph over ``ImproveState``; invoke with ``{"k": 0}``."""
     from langgraph.graph import END, START, StateGraph
+    from langgraph.types import interrupt
 
     st = Stages(cfg, policy_factory)
 
@@ -165,10 +181,11 @@ def build_improve_graph(cfg: ImproveConfig, *, checkpointer: Any = None, policy_
 
     def train(state: ImproveState) -> dict[str, Any]:
         k = state["k"]
-        done = st.train(
-            k, json.loads((cfg.run_dir / f"iter-{k}" / "data.json").read_text()), state.get("policy")
-        )
-        return {"policy": done["policy"]}
+        data = json.loads((cfg.run_dir / f"iter-{k}" / "data.json").read_text())
+        if cfg.policy == "openai":  # trained elsewhere: wait for the name of the served result
+            trained = interrupt({"iteration": k, "data": data["file"], "base": state.get("policy")})
+            return {"policy": st.trained_elsewhere(k, data, trained)["policy"]}
+        return {"policy": st.train(k, data, state.get("policy"))["policy"]}
 
     def report(state: ImproveState) -> dict[str, Any]:
         st.release()
@@ -198,11 +215,19 @@ def build_improve_graph(cfg: ImproveConfig, *, checkpointer: Any = None, policy_
     return g.compile(checkpointer=checkpointer, name="improve")
 
 
-def improve(cfg: ImproveConfig, *, resume: bool = False, policy_factory: Any = None) -> list[dict[str, Any]]:
-    """Run (or, with ``resume``, continue) the loop; returns the report's rows."""
+def improve(
+    cfg: ImproveConfig, *, resume: bool = False, trained: str | None = None, policy_factory: Any = None
+) -> list[dict[str, Any]]:
+    """Run (or, with ``resume``, continue) the loop; returns the report's rows.
+
+    With ``policy="openai"`` the loop stops after each iteration's dataset (``waiting(cfg)`` says
+    which file); ``resume=True, trained=NAME`` continues with the model trained on it, served
+    under ``NAME`` at the same server.
+    """
     import sqlite3
 
     from langgraph.checkpoint.sqlite import SqliteSaver
+    from langgraph.types import Command
 
     saved = cfg.run_dir / "improve.yaml"
     if saved.exists() and not resume:
@@ -222,8 +247,29 @@ def improve(cfg: ImproveConfig, *, resume: bool = False, policy_factory: Any = N
         graph = build_improve_graph(cfg, checkpointer=SqliteSaver(conn), policy_factory=policy_factory)
         config = {"configurable": {"thread_id": "improve"}, "recursion_limit": 10 + 6 * cfg.iterations}
         snapshot = graph.get_state(config)
-        if snapshot.tasks:
+        if snapshot.interrupts:
+            if not trained:
+                raise ConfigError(
+                    f"{cfg.run_dir} waits for the model trained on {snapshot.interrupts[0].value['data']}; "
+                    "serve it and pass --trained NAME (its name at the server)"
+                )
+            graph.invoke(Command(resume=trained), config)
+        elif snapshot.tasks:
             graph.invoke(None, config)
         elif not snapshot.values:
             graph.invoke({"k": 0, "policy": cfg.model, "rows": []}, config)
         return list(graph.get_state(config).values.get("rows", []))
+
+
+def waiting(cfg: ImproveConfig) -> dict[str, Any] | None:
+    """What a ``policy="openai"`` loop waits for (``{"iteration", "data", "base"}``), or None."""
+    import sqlite3
+
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    if not (cfg.run_dir / "improve.sqlite").exists():
+        return None
+    with sqlite3.connect(cfg.run_dir / "improve.sqlite", check_same_thread=False) as conn:
+        graph = build_improve_graph(cfg, checkpointer=SqliteSaver(conn))
+        snapshot = graph.get_state({"configurable": {"thread_id": "improve"}})
+        return snapshot.interrupts[0].value if snapshot.interrupts else None

@@ -30,7 +30,9 @@ class Stages:
 
     def __init__(self, cfg: Any, policy_factory: Any = None):
         self.cfg = cfg
-        self.make_policy = policy_factory or _local_policy
+        self.make_policy = policy_factory or (
+            _served_policy(cfg) if cfg.policy == "openai" else _local_policy
+        )
         self._policies: dict[str | None, Any] = {}
 
     def _dir(self, k: int) -> Path:
@@ -70,7 +72,7 @@ class Stages:
             policy, out = self.policy(policy_path), self._dir(k) / "collect"
             base = dict(
                 env="math",
-                tasks=self.cfg.train_tasks,
+                tasks=self.cfg.train_tasks * len(self.cfg.levels),
                 feedback=self.cfg.feedback,
                 temperature=self.cfg.temperature,
                 concurrency=self.cfg.concurrency,
@@ -82,7 +84,11 @@ class Stages:
             runs, tokens = [], 0
             # the task seed is pinned in env_kwargs, so each sampling run draws other samples of
             # the same tasks (the run's seed seeds sampling): distinct answers per task
-            tasks = {"level": list(self.cfg.levels), "seed": self.cfg.train_seed(k)}
+            tasks = {
+                "level": list(self.cfg.levels),
+                "seed": self.cfg.train_seed(k),
+                "num_tasks": self.cfg.train_tasks,
+            }
             jobs = [
                 dict(agent="retry", trials=1, name=f"sample-{s}", seed=s) for s in range(self.cfg.samples)
             ]
@@ -167,6 +173,19 @@ class Stages:
 
         return self._once(k, "train", work)
 
+    def trained_elsewhere(self, k: int, data: dict[str, Any], name: str) -> dict[str, Any]:
+        """The train stage of ``policy="openai"``: the model trained on ``data`` elsewhere,
+        served under ``name``."""
+        if not name or not isinstance(name, str):
+            raise ConfigError("--trained needs the served model's name, e.g. --trained my-model-iter1")
+        return self._once(
+            k, "train", lambda: {"policy": name, "data": data["file"], "trained_elsewhere": True}
+        )
+
+    def _prm_backbone(self, policy: Any) -> Any:
+        """The value head reads the policy itself when it is local, else ``cfg.prm_backbone``."""
+        return policy if hasattr(policy, "model") and hasattr(policy, "tokenizer") else self.cfg.prm_backbone
+
     def prm(self, k: int, policy_path: str | None) -> dict[str, Any]:
         from ponder.environments import make
         from ponder.models.prm_train import fit_prm, label, save_labels
@@ -191,7 +210,7 @@ class Stages:
             )
             labels = save_labels(records, self._dir(k) / "prm-labels.jsonl")
             out = self._dir(k) / "prm"
-            _, metrics = fit_prm(records, policy, out=out, labels=[str(labels)], seed=k)
+            _, metrics = fit_prm(records, self._prm_backbone(policy), out=out, labels=[str(labels)], seed=k)
             return {"prm": str(out), "auc": (metrics.get("val") or {}).get("auc")}
 
         return self._once(k, "prm", work)
@@ -203,10 +222,21 @@ class Stages:
             if prm_path:
                 from ponder.models.prm_value import ValueHeadPRM
 
-                prm = ValueHeadPRM.load(prm_path, backbone=policy)
+                prm = ValueHeadPRM.load(prm_path, backbone=self._prm_backbone(policy))
             return evaluate_policy(policy, prm, self.cfg.eval, self._dir(k) / "eval")
 
         return self._once(k, "evaluate", work)
+
+
+def _served_policy(cfg: Any) -> Any:
+    """A factory of ``OpenAIPolicy`` for the served model named ``name`` at ``cfg.base_url``."""
+
+    def make(name: str | None) -> Any:
+        from ponder.models.openai_policy import OpenAIPolicy
+
+        return OpenAIPolicy(model=name or cfg.model, base_url=cfg.base_url)
+
+    return make
 
 
 def _local_policy(path: str | None) -> Any:

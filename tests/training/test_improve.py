@@ -119,3 +119,41 @@ def test_kill_and_resume_repeats_no_finished_stage(tmp_path, tiny_model):
         assert any(p.stat().st_mtime_ns == mtime for p in found), name
     rows_md = (tmp_path / "loop" / "report.md").read_text()
     assert "| 0 |" in rows_md and "| 1 |" in rows_md
+
+
+@pytest.mark.real_model
+def test_policy_openai_collects_and_evaluates_over_http_and_waits_for_the_model_trained_elsewhere(
+    tmp_path, tiny_model
+):
+    from ponder.models.local import LocalPolicy
+    from ponder.serve import Server
+    from ponder.training.improve import waiting
+
+    # the served model is the real SmolLM2 (a random tiny model solves nothing: no dataset);
+    # the PRM reads the tiny model to keep its fitting cheap
+    policy = LocalPolicy(device="cpu")
+    try:
+        with Server(policy, model_name="base") as server:
+            cfg = _cfg(
+                tmp_path, tiny_model, policy="openai", base_url=server.url, prm_backbone=str(tiny_model)
+            )
+            cfg = ImproveConfig.from_dict({**cfg.to_dict(), "model": "base", "prm_tasks": 3, "prm_samples": 2,
+                                           "prm_rollouts": 1})  # fmt: skip
+            rows = improve(cfg)
+            assert [r["iteration"] for r in rows] == [0]  # the base model, evaluated over HTTP
+            wait = waiting(cfg)
+            assert wait["iteration"] == 1 and wait["base"] == "base" and os.path.exists(wait["data"])
+            assert not (tmp_path / "loop" / "iter-1" / "policy").exists()  # nothing trained here
+            collected = json.loads((tmp_path / "loop" / "iter-1" / "collect.json").read_text())
+            assert collected["generated_tokens"] > 0
+            with pytest.raises(ConfigError, match="--trained NAME"):
+                improve(cfg, resume=True)
+            rows = improve(cfg, resume=True, trained="base")  # as if trained and served again
+            assert [r["iteration"] for r in rows] == [0, 1] and waiting(cfg) is None
+            assert json.loads((tmp_path / "loop" / "iter-1" / "train.json").read_text())["trained_elsewhere"]
+            assert (tmp_path / "loop" / "iter-1" / "prm").is_dir()
+            for run in collected["runs"]:  # the runs say which policy they used
+                saved = (tmp_path / "loop" / "iter-1" / "collect").glob("*/config.yaml")
+                assert all("policy: openai" in p.read_text() for p in saved), run
+    finally:
+        policy.close()

@@ -4,12 +4,14 @@ merged model and adapter, resume after SIGKILL, one-line errors, seeds; one real
 from __future__ import annotations
 
 import json
+import os
+import re
+import select
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -142,24 +144,43 @@ def test_saved_folder_generates_the_trained_answer_with_and_without_the_engine(f
     assert texts[0] == texts[1] == ANSWER  # and it stopped: the end-of-turn token was trained
 
 
-def test_saved_folder_is_served_and_backs_a_value_head_prm(full_run):
-    from ponder.models.prm_value import ValueHeadPRM
-    from ponder.serve import Server
+def test_saved_folder_is_served_by_ponder_serve_and_backs_a_value_head_prm(full_run, tmp_path):
+    import openai
 
+    from ponder.models.prm_value import ValueHeadPRM
+
+    cmd = [sys.executable, "-m", "ponder.cli", "serve", "--model", str(full_run.out), "--port", "0",
+           "--device", "cpu", "--name", "tuned"]  # fmt: skip
+    errors = (tmp_path / "stderr.txt").open("w")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    try:
+        # the first line comes once the model is loaded and the port bound (a hang guard)
+        ready, _, _ = select.select([proc.stdout], [], [], 300)
+        line = proc.stdout.readline() if ready else ""
+        match = re.search(r"serving tuned at (http://127\.0\.0\.1:\d+/v1)", line)
+        assert match, (line, (tmp_path / "stderr.txt").read_text())
+        client = openai.OpenAI(base_url=match.group(1), api_key="x", max_retries=0, timeout=120)
+        reply = client.chat.completions.create(
+            model="tuned", messages=[{"role": "user", "content": QUESTION}], max_tokens=8, temperature=0
+        )
+        client.close()
+        assert reply.choices[0].message.content == ANSWER  # the fine-tuned answer, over HTTP
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        errors.close()
     policy = LocalPolicy(model=full_run.out, device="cpu")
     try:
-        with Server(policy) as server:
-            body = {"model": server.model_name, "messages": [{"role": "user", "content": QUESTION}],
-                    "max_tokens": 8, "temperature": 0}  # fmt: skip
-            req = urllib.request.Request(server.url + "/chat/completions", json.dumps(body).encode(),
-                                         {"content-type": "application/json"})  # fmt: skip
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                reply = json.loads(resp.read())
-        assert reply["choices"][0]["message"]["content"] == ANSWER
         scores = ValueHeadPRM(backbone=policy).score("What is 2+2?", [["2 + 2 = 4.", "Answer: 4"]])
         assert len(scores[0]) == 2 and all(0.0 <= s <= 1.0 for s in scores[0])
     finally:
         policy.close()
+    prm = ValueHeadPRM(backbone=str(full_run.out))  # a folder path works as well
+    assert len(prm.score("What is 2+2?", [["Answer: 4"]])[0]) == 1
 
 
 def test_resume_on_a_finished_folder_returns_its_result_and_reuse_needs_resume(full_run, tiny_model):
