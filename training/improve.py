@@ -49,7 +49,7 @@ from ponder.training.evaluate import EvalConfig
 from ponder.training.improve_report import row, spent_by_stage, write_report
 from ponder.training.improve_stages import Stages
 
-__all__ = ["ImproveConfig", "build_improve_graph", "improve", "waiting"]
+__all__ = ["ImproveConfig", "build_improve_graph", "improve", "rows_on_disk", "waiting"]
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def build_improve_graph(cfg: ImproveConfig, *, checkpointer: Any = None, policy_
 
     def report(state: ImproveState) -> dict[str, Any]:
         st.release()
-        write_report(cfg, state.get("rows", []))
+        write_report(cfg, rows_on_disk(cfg))
         return {}
 
     def more(state: ImproveState) -> str:
@@ -258,7 +258,20 @@ def improve(
             graph.invoke(None, config)
         elif not snapshot.values:
             graph.invoke({"k": 0, "policy": cfg.model, "rows": []}, config)
-        return list(graph.get_state(config).values.get("rows", []))
+        elif not snapshot.next:  # finished before: the report again, from the files
+            write_report(cfg, rows_on_disk(cfg))
+        return rows_on_disk(cfg)
+
+
+def rows_on_disk(cfg: ImproveConfig) -> list[dict[str, Any]]:
+    """The report's rows of every evaluated iteration, from ``iter-K/eval/metrics.json`` and the
+    stage files (the same whichever process wrote them)."""
+    rows = []
+    for k in range(cfg.iterations + 1):
+        metrics = cfg.run_dir / f"iter-{k}" / "eval" / "metrics.json"
+        if (cfg.run_dir / f"iter-{k}" / "evaluate.json").exists() and metrics.exists():
+            rows.append(row(k, json.loads(metrics.read_text()), spent_by_stage(cfg.run_dir / f"iter-{k}")))
+    return rows
 
 
 def waiting(cfg: ImproveConfig) -> dict[str, Any] | None:

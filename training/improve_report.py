@@ -23,6 +23,13 @@ def row(k: int, metrics: dict[str, Any], spent: dict[str, Any]) -> dict[str, Any
             row[name] = r["rate"]
     for agent, r in held.get("agents", {}).items():
         row[f"{agent}@{len(r['by_trial'])}"] = r["by_trial"][-1]["rate"]
+    row["eval_tokens"] = sum(
+        part.get("greedy", {}).get("completion_tokens", 0)
+        + part.get("samples", {}).get("generated_tokens", 0)
+        + sum(a["completion_tokens"] for a in part.get("agents", {}).values())
+        for name, part in metrics.items()
+        if name in ("heldout", "transfer")
+    )
     return row
 
 
@@ -38,6 +45,7 @@ def spent_by_stage(iter_dir: Path) -> dict[str, Any]:
         "generated_tokens": (spent.get("collect") or {}).get("generated_tokens"),
         "tokens_read": (spent.get("train") or {}).get("tokens_read"),
         "tokens_trained": (spent.get("train") or {}).get("tokens_trained"),
+        "prm_auc": round(auc, 3) if isinstance(auc := (spent.get("prm") or {}).get("auc"), float) else None,
     }
 
 
