@@ -46,6 +46,10 @@ _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MODEL_DIR = "smollm2-135m-instruct"
 MARKER = "ponder-source.json"
 ADAPTER_CONFIG = "adapter_config.json"
+#: SmolLM2-135M-Instruct after ``ponder improve --method lora`` (a LoRA adapter shipped in the
+#: package; how it was made: ``models/adapters/README.md``)
+IMPROVED_ALIASES = frozenset({"smollm2-math"})
+IMPROVED_ADAPTER = Path(__file__).parent / "adapters" / "smollm2-135m-math"
 
 
 def cache_root() -> Path:
@@ -166,7 +170,8 @@ def default_model_path() -> Path:
 def resolve_model(name_or_path: str | os.PathLike[str] | None) -> Path:
     """Turn a model name or path into a local transformers folder.
 
-    ``None``, ``"smollm2"`` and ``"default"`` give the default model; an existing local
+    ``None``, ``"smollm2"`` and ``"default"`` give the default model; ``"smollm2-math"`` the
+    default with the packaged adapter ``ponder improve`` trained merged in; an existing local
     folder is used as is; a PEFT LoRA adapter folder (``adapter_config.json``, no
     ``config.json``) is merged into its base model once (``merged_adapter_path``). Hub ids are
     refused: nothing is downloaded at run time.
@@ -179,6 +184,10 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None) -> Path:
     """
     if name_or_path is None or str(name_or_path).lower() in DEFAULT_ALIASES:
         return default_model_path()
+    if str(name_or_path).lower() in IMPROVED_ALIASES:
+        if not (IMPROVED_ADAPTER / ADAPTER_CONFIG).is_file():
+            raise ConfigError(f"the packaged adapter {IMPROVED_ADAPTER} is missing; reinstall ponder")
+        return merged_adapter_path(IMPROVED_ADAPTER)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if (path / ADAPTER_CONFIG).is_file() and not (path / "config.json").is_file():

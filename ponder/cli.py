@@ -232,18 +232,27 @@ def cmd_demo(a: argparse.Namespace) -> int:
         resume=True,
     )
     from ponder.models.factory import make_policy
+    from ponder.models.resolver import ADAPTER_CONFIG, IMPROVED_ADAPTER
 
-    policy = make_policy(base.policy, model=base.model, base_url=base.base_url)
+    if a.improved is None and (IMPROVED_ADAPTER / ADAPTER_CONFIG).is_file():
+        a.improved = "smollm2-math"  # the packaged adapter, where this install has it
+    models = [("", base.model)]
+    if a.improved and a.improved.lower() != "none" and base.policy == "local":
+        models.append(("improved-", a.improved))  # the same runs with the model ponder improve trained
     results = []
-    for agent in ("reflexion", "retry-feedback", "retry"):  # the method and the baselines that isolate it
-        console.rule(f"[bold]{agent}")
-        # the feedback level in the name: a demo run at another level is another run, not a resume
-        cfg = base.replace(agent=agent, name=f"demo-{agent}-{base.feedback}")
-        results.append(run(cfg, policy=policy, progress=not a.no_progress))
-        _print_result(results[-1])
+    for prefix, model in models:
+        policy = make_policy(base.policy, model=model, base_url=base.base_url)
+        for agent in ("reflexion", "retry-feedback", "retry"):  # the method and the baselines that isolate it
+            console.rule(f"[bold]{prefix}{agent}" + (f"  ({model})" if model else ""))
+            # the feedback level in the name: a demo run at another level is another run, not a resume
+            cfg = base.replace(agent=agent, model=model, name=f"demo-{prefix}{agent}-{base.feedback}")
+            results.append(run(cfg, policy=policy, progress=not a.no_progress))
+            _print_result(results[-1])
+        getattr(policy, "close", lambda: None)()
     _summaries, report, plot = compare_runs([r.run_dir for r in results], Path(a.runs_dir) / "demo-compare")
     console.rule(
         f"[bold]reflexion vs retry-feedback vs retry ({base.feedback} feedback; same tasks, same seeds)"
+        + (f"; base model, then {a.improved}" if len(models) > 1 else "")
     )
     # the report is markdown: no Rich markup, and long table rows kept whole
     console.print(report.read_text(), markup=False, highlight=False, soft_wrap=True)
@@ -338,10 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--trials", type=int, default=3)
     d.add_argument("--level", type=int, default=2)
     d.add_argument("--feedback", default="binary", choices=["binary", "directional", "full"])
-    d.add_argument("--concurrency", type=int, default=1)
+    d.add_argument("--concurrency", type=int, default=8)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--policy", default="local", choices=["local", "openai"])
     d.add_argument("--model")
+    d.add_argument(
+        "--improved",
+        help="also run the three agents with this model (default: smollm2-math, SmolLM2 with the adapter "
+        "ponder improve trained, shipped in the package; 'none' skips it)",
+    )
     d.add_argument("--base-url")
     d.add_argument("--runs-dir", default="runs")
     d.add_argument("--no-progress", action="store_true")

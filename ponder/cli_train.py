@@ -136,6 +136,7 @@ def cmd_improve(a: argparse.Namespace) -> int:
         train_tasks=a.train_tasks,
         samples=a.samples,
         trials=a.trials,
+        kinds=tuple(_csv(a.kinds)),
         method=a.method,
         epochs=a.epochs,
         prm_tasks=a.prm_tasks,
@@ -167,7 +168,11 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="training examples from run directories (and a memory store)")
     d.add_argument("runs", nargs="*", help="run directories (training tasks only)")
-    d.add_argument("--kinds", default="rft,self-correction,reflection,embodied", help="comma-separated kinds")
+    d.add_argument(
+        "--kinds",
+        default="rft,self-correction,paired-correction,reflection,embodied",
+        help="comma-separated kinds",
+    )
     d.add_argument("--out", required=True, help="the JSONL file to write")
     d.add_argument("--memory", help="also read env-graded experiences from this memory store")
     d.add_argument(
@@ -218,8 +223,11 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     i.add_argument("--prm-backbone", help="with --policy openai: the local model folder the PRM reads")
     i.add_argument("--levels", default="1,2,3", help="math levels, e.g. 1,2,3")
-    i.add_argument("--train-tasks", type=int, default=40, help="training tasks per level per iteration")
-    i.add_argument("--samples", type=int, default=4, help="sampling runs per iteration (rejection sampling)")
+    i.add_argument("--train-tasks", type=int, default=60, help="training tasks per level per iteration")
+    i.add_argument("--samples", type=int, default=8, help="sampling runs per iteration (rejection sampling)")
+    i.add_argument(
+        "--kinds", default="rft,self-correction,paired-correction", help="dataset kinds (ponder train data)"
+    )
     i.add_argument("--trials", type=int, default=3, help="trials of the retry-feedback collection run")
     i.add_argument("--method", default="full", choices=["full", "lora"])
     i.add_argument("--epochs", type=int, default=2)

@@ -55,7 +55,7 @@ from ponder.training.data_source import (
 )
 from ponder.training.examples import ChatExample
 
-__all__ = ["VARIANTS", "reflection", "self_correction"]
+__all__ = ["VARIANTS", "paired_correction", "reflection", "self_correction"]
 
 #: the self-correction prompts: retry-feedback's and Reflexion's
 VARIANTS = ("feedback", "reflection")
@@ -105,6 +105,55 @@ def self_correction(source: Source, episode: dict[str, Any], opts: Options) -> I
             yield Candidate([ChatExample(msgs, "self-correction", src)], task_key(episode), key)
     if not made:
         raise Skip("no reflection before the success (only the reflection variant was asked for)")
+
+
+def paired_correction(
+    pool: list[tuple[Source, dict[str, Any]]], opts: Options, skipped: Any
+) -> Iterator[Candidate]:
+    """RISE-style pairs across episodes: a failed attempt at a task (any trial of any episode),
+    the env's feedback on it, and a successful answer to the same task from another sample.
+
+    The prompt is retry-feedback's second-attempt prompt (the ``feedback`` variant of
+    ``self_correction``), so the model learns to answer differently after "incorrect" even where
+    no single episode corrected itself; both attempts are the policy's own (RISE pairs the failure
+    with a better sample of the same model). ``skipped`` counts the tasks left out and why.
+    """
+    by_task: dict[str, list[tuple[Source, dict[str, Any]]]] = {}
+    for src, ep in pool:
+        if is_embodied(ep):
+            skipped["embodied agent (its trials are step lists, not one answer)"] += 1
+            continue
+        by_task.setdefault(task_key(ep), []).append((src, ep))
+    for task, episodes in by_task.items():
+        bad, good = [], []
+        for src, ep in episodes:
+            for t, ok in zip(ep["trials"], src.outcomes(ep, opts.grade), strict=False):
+                if str(t.get("action", "")).strip():
+                    (good if ok else bad).append((src, ep, t))
+        if not bad or not good:
+            skipped["no failed and successful attempt of the task both"] += 1
+            continue
+        for src, ep, t in bad:
+            obs = observation(ep)
+            exemplars, how = src.exemplars(ep)
+            prompt = PROMPTS.actor(
+                obs,
+                (),
+                exemplars=exemplars,
+                last_attempt=str(t.get("action", "")),
+                last_feedback=str(t.get("feedback", "")),
+            )
+            for gsrc, gep, g in good:
+                answer = str(g["action"])
+                if normalise(answer) == normalise(t.get("action", "")):
+                    continue
+                origin = src.provenance(
+                    ep, [t.get("trial")], grade=opts.grade, exemplars=how, variant="feedback"
+                )
+                origin["corrected_by"] = gsrc.provenance(gep, [g.get("trial")], grade=opts.grade)
+                msgs = [*prompt_messages(prompt), {"role": "assistant", "content": answer}]
+                key = f"{normalise(t.get('action', ''))}|{normalise(answer)}"
+                yield Candidate([ChatExample(msgs, "paired-correction", origin)], task, key)
 
 
 def reflection(source: Source, episode: dict[str, Any], opts: Options) -> Iterator[Candidate]:

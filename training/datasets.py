@@ -7,6 +7,8 @@ makes, per kind (``ponder.training.examples.KINDS``):
   (rejection sampling / expert iteration: STaR, RFT; ``data_rft``);
 - ``self-correction``: a failed attempt and its feedback quoted in the actor's prompt -> the
   answer that then succeeded (RISE / SCoRe style; ``data_correction``);
+- ``paired-correction``: a failed attempt at a task from any episode, its feedback -> a
+  successful answer to the same task from another sample (RISE-style pairs; ``data_correction``);
 - ``reflection``: the reflect prompt -> a reflection that was followed by a success (Retroformer
   style; ``data_correction``);
 - ``embodied``: each step of a successful embodied trial, its act prompt -> ``Think/Action``
@@ -49,7 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ponder.errors import ConfigError
-from ponder.training.data_correction import VARIANTS, reflection, self_correction
+from ponder.training.data_correction import VARIANTS, paired_correction, reflection, self_correction
 from ponder.training.data_embodied import embodied
 from ponder.training.data_lengths import OverLong, check_lengths
 from ponder.training.data_memory import read_memory
@@ -79,6 +81,8 @@ BUILDERS: dict[str, Builder] = {
     "reflection": reflection,
     "embodied": embodied,
 }
+#: kind -> builder over all episodes of each task (pairs across episodes)
+TASK_BUILDERS: dict[str, Callable[..., Iterator[Candidate]]] = {"paired-correction": paired_correction}
 _INPUT = "input"  # the ``skipped`` key of what was left out before any kind (memory records)
 _HELD_OUT = "task held out (it appears in an evaluation run)"
 
@@ -196,6 +200,13 @@ def build_dataset(
         for kind in kinds:
             skipped[kind] = Counter()
             found = []
+            if kind in TASK_BUILDERS:  # built over all episodes of a task at once
+                pool = [(src, ep) for src in sources for ep in src.episodes]
+                kept = [(src, ep) for src, ep in pool if not (held and _identity(ep) in held)]
+                skipped[kind][_HELD_OUT] += len(pool) - len(kept)
+                found = list(TASK_BUILDERS[kind](kept, opts, skipped[kind]))
+                examples += _select(found, kind, max_per_task, seed, skipped[kind])
+                continue
             for src in sources:
                 for ep in src.episodes:
                     if held and _identity(ep) in held:
@@ -228,7 +239,7 @@ def _check(
 ) -> tuple[list[str], Options]:
     asked = [k.strip() for k in kinds.split(",")] if isinstance(kinds, str) else [str(k) for k in kinds]
     asked = list(dict.fromkeys(k for k in asked if k))
-    bad = [k for k in asked if k not in BUILDERS]
+    bad = [k for k in asked if k not in BUILDERS and k not in TASK_BUILDERS]
     if bad or not asked:
         raise ConfigError(f"unknown dataset kind(s) {bad or asked}; use any of {', '.join(KINDS)}")
     if grade not in GRADES:

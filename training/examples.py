@@ -35,8 +35,9 @@ from ponder.errors import ConfigError
 __all__ = ["KINDS", "ChatExample", "read_examples", "write_examples"]
 
 #: what a dataset builder makes: rejection-sampled answers (STaR, RFT), self-correction episodes
-#: (RISE / SCoRe style), reflections that led to a success (Retroformer style), embodied trajectories
-KINDS = ("rft", "self-correction", "reflection", "embodied")
+#: (RISE / SCoRe style; paired-correction: a failed sample and a successful one of the same task,
+#: RISE-style), reflections that led to a success (Retroformer style), embodied trajectories
+KINDS = ("rft", "self-correction", "paired-correction", "reflection", "embodied")
 _ROLES = ("system", "user", "assistant")
 
 

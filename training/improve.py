@@ -92,13 +92,13 @@ class ImproveConfig:
     iterations: int = 3
     model: str | None = None
     levels: tuple[int, ...] = (1, 2, 3)
-    train_tasks: int = 40
+    train_tasks: int = 60
     train_seed_base: int = 100
-    samples: int = 4
+    samples: int = 8
     trials: int = 3
     feedback: str = "binary"
     temperature: float = 0.7
-    kinds: tuple[str, ...] = ("rft", "self-correction")
+    kinds: tuple[str, ...] = ("rft", "self-correction", "paired-correction")
     max_per_task: int = 4
     method: str = "full"
     epochs: int = 2

@@ -145,7 +145,13 @@ def test_real_reflexion_run_prompts_equal_what_the_agent_sent(real):
     cfg, policy, result = real["reflexion"]
     assert [[t["success"] for t in e["trials"]] for e in result.episodes] == [[False, True]] * 2
     report = build_dataset([cfg.run_dir])
-    assert report.by_kind == {"rft": 2, "self-correction": 4, "reflection": 2, "embodied": 0}
+    assert report.by_kind == {
+        "rft": 2,
+        "self-correction": 4,
+        "paired-correction": 2,
+        "reflection": 2,
+        "embodied": 0,
+    }
     sent = [[m.to_dict() for m in p.messages] for p in policy.prompts]
     actor = [s for s in sent if s[0]["content"] == P.actor_system]
     reflect = [s for s in sent if s[0]["content"] == P.reflect_system]
@@ -376,6 +382,27 @@ def test_self_correction_pairs_the_trial_before_the_success(tmp_path):
     assert _prompt_of(reflection) == [
         m.to_dict() for m in P.reflect(_obs(cfg, "math/L1/0"), "Answer: 2", "Wrong.").messages
     ]
+
+
+def test_paired_correction_pairs_a_failed_sample_with_another_samples_success(tmp_path):
+    # two sampling runs of the same tasks: L1/0 failed in one and succeeded in the other;
+    # L1/1 only failed; nothing ever corrected itself within an episode
+    a = _write_run(tmp_path, "a", [{"trials": [_trial(0, "Answer: 12", False)]},
+                                   {"task_id": "math/L1/1", "trials": [_trial(0, "Answer: 1", False)]}])  # fmt: skip
+    b = _write_run(tmp_path, "b", [{"trials": [_trial(0, "9 + 4 = 13.\nAnswer: 13", True)]},
+                                   {"task_id": "math/L1/1", "trials": [_trial(0, "Answer: 1", False)]}])  # fmt: skip
+    with pytest.raises(ConfigError, match="no failed trial followed by a success"):
+        build_dataset([a.run_dir, b.run_dir], kinds=["self-correction"])
+    report = build_dataset([a.run_dir, b.run_dir], kinds=["paired-correction"])
+    (ex,) = report.examples
+    # retry-feedback's second-attempt prompt on the failed sample, trained on the other's success
+    assert _prompt_of(ex) == _actor(a, "math/L1/0", last_attempt="Answer: 12", last_feedback="Wrong.")
+    assert [m["content"] for m in ex.trained_turns()] == ["9 + 4 = 13.\nAnswer: 13"]
+    assert ex.source["run"] == "a" and ex.source["corrected_by"]["run"] == "b"
+    assert report.skipped["paired-correction"] == {"no failed and successful attempt of the task both": 1}
+    # held-out tasks never pair
+    with pytest.raises(ConfigError, match="paired-correction: 4 task held out"):
+        build_dataset([a.run_dir, b.run_dir], kinds=["paired-correction"], holdout=[b.run_dir])
 
 
 def test_retry_has_no_reflection_variant(tmp_path):
