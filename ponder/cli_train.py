@@ -127,23 +127,10 @@ def cmd_improve(a: argparse.Namespace) -> int:
     eval_cfg = EvalConfig(
         levels=levels, seed=a.eval_seed, tasks=a.eval_tasks, samples=a.eval_samples, trials=a.eval_trials
     )
+    same = ("name", "runs_dir", "iterations", "model", "train_tasks", "samples", "trials", "method", "epochs",
+            "prm_tasks", "policy", "base_url", "prm_backbone")  # fmt: skip
     cfg = ImproveConfig(
-        name=a.name,
-        runs_dir=a.runs_dir,
-        iterations=a.iterations,
-        model=a.model,
-        levels=levels,
-        train_tasks=a.train_tasks,
-        samples=a.samples,
-        trials=a.trials,
-        kinds=tuple(_csv(a.kinds)),
-        method=a.method,
-        epochs=a.epochs,
-        prm_tasks=a.prm_tasks,
-        eval=eval_cfg,
-        policy=a.policy,
-        base_url=a.base_url,
-        prm_backbone=a.prm_backbone,
+        **{k: getattr(a, k) for k in same}, levels=levels, kinds=tuple(_csv(a.kinds)), eval=eval_cfg
     )
     rows = improve(cfg, resume=a.resume, trained=a.trained)
     wait = waiting(cfg)
