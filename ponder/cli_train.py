@@ -6,6 +6,7 @@
     ponder train sft data/train.jsonl --out runs/sft --method lora --epochs 2
     ponder improve --name loop --iterations 3           # collect -> data -> train -> PRM -> eval
     ponder improve --name loop --resume                 # after a kill: continues, repeats no stage
+    ponder train eval --model runs/loop/iter-3/policy --prm runs/loop/iter-3/prm --seed 7 --out runs/eval-7
 
 ``train sft``'s flags come from ``SFTConfig``'s fields (one declaration); errors are one line
 on stderr with exit status 2.
@@ -148,8 +149,50 @@ def cmd_improve(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(a: argparse.Namespace) -> int:
+    from ponder.models.factory import make_policy
+    from ponder.training.evaluate import EvalConfig, evaluate_policy
+
+    cfg = EvalConfig(
+        levels=tuple(int(x) for x in _csv(a.levels)),
+        seed=a.seed,
+        tasks=a.tasks,
+        words=not a.no_words,
+        samples=a.samples,
+        trials=a.trials,
+        feedback=a.feedback,
+    )
+    policy = make_policy(a.policy, model=a.model, base_url=a.base_url)
+    prm = None
+    if a.prm:
+        from ponder.models.prm_value import ValueHeadPRM
+
+        local = hasattr(policy, "model") and hasattr(policy, "tokenizer")
+        prm = ValueHeadPRM.load(a.prm, backbone=policy if local else None)
+    try:
+        metrics = evaluate_policy(policy, prm, cfg, a.out)
+    finally:
+        getattr(policy, "close", lambda: None)()
+    for part in ("heldout", "transfer"):
+        for name, r in _rates(metrics.get(part, {})):
+            lo, hi = r["ci95"]
+            _say(
+                f"{part:>8}  {name:<26} {100 * r['rate']:5.1f}%  [{100 * lo:.0f}-{100 * hi:.0f}]  n={r['n']}"
+            )
+    _say(f"metrics {Path(a.out) / 'metrics.json'}")
+    return 0
+
+
+def _rates(part: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    out = [("greedy", part["greedy"])] if "greedy" in part else []
+    out += [(k, v) for k, v in part.get("samples", {}).items() if isinstance(v, dict)]
+    for agent, r in part.get("agents", {}).items():
+        out += [(f"{agent}@{k}", t) for k, t in enumerate(r["by_trial"], 1)]
+    return out
+
+
 def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``ponder train`` (``data``, ``sft``) and ``ponder improve`` on ``subparsers``."""
+    """Register ``ponder train`` (``data``, ``sft``, ``eval``) and ``ponder improve`` on ``subparsers``."""
     m = subparsers.add_parser("train", help="build datasets from runs and fine-tune the policy on them")
     sub = m.add_subparsers(dest="train_command", required=True, metavar="COMMAND")
 
@@ -186,6 +229,21 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
             s.add_argument(flag, type=_flag_type(f), default=None, help=f"{help_text} (default {f.default})")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=cmd_sft)
+
+    e = sub.add_parser("eval", help="the held-out evaluation ponder improve reports, for any model")
+    e.add_argument("--model", help="a model folder or adapter (default: the embedded SmolLM2)")
+    e.add_argument("--policy", default="local", choices=["local", "openai"])
+    e.add_argument("--base-url", help="the server of --policy openai")
+    e.add_argument("--prm", help="a value-head PRM folder (PRM-weighted best-of-n; omitted: majority only)")
+    e.add_argument("--levels", default="1,2,3")
+    e.add_argument("--seed", type=int, default=1, help="the task seed (use one no training run used)")
+    e.add_argument("--tasks", type=int, default=20, help="tasks per level")
+    e.add_argument("--samples", type=int, default=8, help="n of majority@n and best-of-n (0: skip)")
+    e.add_argument("--trials", type=int, default=3, help="trials of reflexion and its baselines (0: skip)")
+    e.add_argument("--feedback", default="binary", choices=["binary", "directional", "full"])
+    e.add_argument("--no-words", action="store_true", help="skip the word-problem transfer set")
+    e.add_argument("--out", required=True, help="folder for the runs and metrics.json")
+    e.set_defaults(fn=cmd_eval)
 
     i = subparsers.add_parser(
         "improve", help="collect -> build data -> fine-tune -> retrain the PRM -> evaluate, repeated"

@@ -157,3 +157,16 @@ def test_policy_openai_collects_and_evaluates_over_http_and_waits_for_the_model_
                 assert all("policy: openai" in p.read_text() for p in saved), run
     finally:
         policy.close()
+
+
+def test_train_eval_runs_the_held_out_suite_on_any_model_folder(tmp_path, tiny_model, capsys):
+    from ponder.cli import main
+
+    out = tmp_path / "eval-7"
+    args = ["train", "eval", "--model", str(tiny_model), "--levels", "1", "--seed", "7", "--tasks", "2",
+            "--samples", "2", "--trials", "2", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["seed"] == 7 and metrics["heldout"]["greedy"]["n"] == 2
+    printed = capsys.readouterr().out
+    assert "majority@2" in printed and "reflexion@2" in printed and "transfer" in printed
