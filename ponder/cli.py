@@ -348,7 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--level", type=int, default=2)
     d.add_argument("--feedback", default="binary", choices=["binary", "directional", "full"])
     d.add_argument("--concurrency", type=int, default=8)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument(
+        "--seed", type=int, default=1, help="task and sampling seed (1: the held-out tasks of ponder improve)"
+    )
     d.add_argument("--policy", default="local", choices=["local", "openai"])
     d.add_argument("--model")
     d.add_argument(
