@@ -72,6 +72,7 @@ def write_report(cfg: Any, rows: list[dict[str, Any]]) -> Path:
         points = [(r["iteration"], 100 * r[k]) for r in rows if isinstance(r.get(k), float)]
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", label=k)
+    ax.set_xticks(sorted({r["iteration"] for r in rows}))
     ax.set_xlabel("iteration")
     ax.set_ylabel("held-out success (%)")
     ax.set_title(f"ponder improve: {cfg.name}")
