@@ -73,6 +73,20 @@ def _save_adapter(model: Any, folder: Path) -> None:
     weights = folder / "adapter_model.safetensors"
     small = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(weights).items()}
     save_file(small, weights, metadata={"format": "pt"})
+    (folder / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card template
+    _portable_base(folder / "adapter_config.json")
+
+
+def _portable_base(config: Path) -> None:
+    """Record the embedded default base as ``"smollm2"``, not this machine's cache path, so the
+    adapter loads on another machine (``ponder.models.resolver`` resolves the alias)."""
+    from ponder.models.resolver import default_model_path
+
+    data = json.loads(config.read_text())
+    base = data.get("base_model_name_or_path")
+    if base and Path(base).resolve() == default_model_path().resolve():
+        data["base_model_name_or_path"] = "smollm2"
+        config.write_text(json.dumps(data, indent=2))
 
 
 def save_model_folder(model: Any, tokenizer: Any, out: Path, *, lora: bool) -> Path | None:

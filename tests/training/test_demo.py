@@ -29,3 +29,25 @@ def test_demo_compares_the_base_model_with_the_improved_one(tmp_path, tiny_model
     assert "demo-improved-reflexion-binary" in report and "demo-retry-binary" in report
     assert "demo wall time" in capsys.readouterr().out
     assert main([*args[:4], "none", *args[5:]]) == 0  # --improved none: the base model only, resumed
+
+
+@pytest.mark.real_model
+def test_the_packaged_adapter_loads_by_name_and_changes_the_model():
+    import torch
+    from safetensors.torch import load_file
+
+    from ponder.models.resolver import IMPROVED_ADAPTER, default_model_path, resolve_model
+
+    weights = IMPROVED_ADAPTER / "adapter_model.safetensors"
+    assert weights.stat().st_size < 10_000_000  # small enough to ship
+    merged = resolve_model("smollm2-math")
+    assert merged != default_model_path() and (merged / "config.json").is_file()
+    assert resolve_model("smollm2-math") == merged  # merged once, then cached
+    base, tuned = (
+        load_file(default_model_path() / "model.safetensors"),
+        load_file(merged / "model.safetensors"),
+    )
+    name = next(k for k in tuned if "q_proj" in k)
+    assert not torch.equal(base[name], tuned[name]) and torch.equal(
+        base["model.embed_tokens.weight"], tuned["model.embed_tokens.weight"]
+    )  # LoRA touched the projections, not the embeddings
