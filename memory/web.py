@@ -427,7 +427,7 @@ def make_server(store: Any, host: str = "127.0.0.1", port: int = 0) -> MemorySer
 
 
 def serve(store: Any, host: str = "127.0.0.1", port: int = 8765) -> None:
-    """Serve ``store`` at ``http://host:port`` until Ctrl-C; logs the URL at INFO.
+    """Serve ``store`` at ``http://host:port`` until Ctrl-C; prints the URL first.
 
     Example:
         >>> serve(MemoryStore.open("runs/demo/memory"), port=8765)  # doctest: +SKIP
@@ -435,7 +435,8 @@ def serve(store: Any, host: str = "127.0.0.1", port: int = 8765) -> None:
     server = make_server(store, host, port)
     if host not in _LOOPBACK:
         log.warning("memory browser listens on %s: anyone who can reach it can read this memory", host)
-    log.info("memory browser at %s (Ctrl-C to stop)", server.url)
+    # on stdout, not only the log: with --port 0 the URL is the only way to find the port
+    print(f"memory browser at {server.url} (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -79,7 +79,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int)
     p.add_argument("--name", help="run name: the run directory is RUNS_DIR/NAME")
     p.add_argument("--runs-dir", help="where run directories go (default runs)")
-    p.add_argument("--memory", help="a memory directory shared across runs (default RUN_DIR/memory)")
+    p.add_argument(
+        "--memory",
+        help="a memory directory shared across runs (default RUN_DIR/memory); none: no memory at all",
+    )
     p.add_argument("--memory-url", help="keep memory on a Chroma server instead, e.g. http://127.0.0.1:8000")
     p.add_argument("--embedder", choices=["minilm", "hashing"])
     p.add_argument(
@@ -183,8 +186,11 @@ def _config_from_args(a: argparse.Namespace) -> Any:
     if a.resume:
         # resume what the run directory holds; flags given now must agree with it (the runner checks)
         probe = RunConfig.from_dict({**data, **given})
-        if (probe.run_dir / "config.yaml").exists():
-            data = RunConfig.from_yaml(probe.run_dir / "config.yaml").to_dict()
+        if not (probe.run_dir / "config.yaml").exists():
+            raise ConfigError(
+                f"no run to resume at {probe.run_dir}; check --name and --runs-dir, or drop --resume to start it"
+            )
+        data = RunConfig.from_yaml(probe.run_dir / "config.yaml").to_dict()
         given["resume"] = True
     data.update(given)
     return RunConfig.from_dict(data)

@@ -99,6 +99,24 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """A one-line error at once when ``host:port`` cannot be bound (taken, or not an address here)."""
+    import socket
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, _, _, _, addr = infos[0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server itself binds
+            probe.bind(addr)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({e.strerror or e}); pass another --port (0 picks a free one)"
+        ) from None
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     from ponder.models.factory import make_prm
     from ponder.models.local import LocalPolicy
@@ -108,6 +126,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         raise ConfigError(f"--port must be 0..65535, got {a.port}")
     if a.grace < 0:
         raise ConfigError(f"--grace must be >= 0 seconds, got {a.grace}")
+    _check_port_free(a.host, a.port)  # before the model loads, not after
     policy = LocalPolicy(
         a.model, device=a.device, dtype=a.dtype, max_batch_size=a.max_batch_size, engine=True
     )

@@ -54,7 +54,7 @@ class RunConfig:
         max_tokens: new tokens per attempt.
         name: run name; the run directory is ``runs_dir/name``.
         runs_dir: where run directories go.
-        memory: a shared memory directory; default ``runs_dir/name/memory``.
+        memory: a shared memory directory; default ``runs_dir/name/memory``; ``"none"``: no memory.
         memory_url: a Chroma server (``http://HOST:PORT``) to keep memory in instead of a directory.
         embedder: ``minilm`` (real, offline) or ``hashing`` (fast, for tests).
         memory_modes: learning modes of agents that use memory: any of ``experiential``,
@@ -135,6 +135,9 @@ class RunConfig:
     run_id: str | None = None
 
     def __post_init__(self) -> None:
+        _check_types(self)
+        if self.tasks > MAX_TASKS:  # envs build their task lists up front: a typo must not hang
+            raise ConfigError(f"tasks must be <= {MAX_TASKS:,}, got {self.tasks:,}; pass a smaller --tasks")
         for key, lo in (
             ("tasks", 1),
             ("trials", 1),
@@ -192,6 +195,10 @@ class RunConfig:
         from ponder.agents.memory_nodes import concept_options, parse_memory_modes
 
         object.__setattr__(self, "memory_modes", parse_memory_modes(self.memory_modes))
+        if self.memory_off and (self.memory_modes or self.memory_url):
+            raise ConfigError(
+                "memory none turns memory off; drop --memory-modes / --memory-url, or --memory none"
+            )
         concept_options(self.concept, embodied=self.agent in EMBODIED, insight_set=self.insight_set)
 
     @property
@@ -217,6 +224,11 @@ class RunConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.run_name
+
+    @property
+    def memory_off(self) -> bool:
+        """``memory: none``: the run keeps no memory store at all."""
+        return str(self.memory or "").lower() == "none"
 
     @property
     def memory_dir(self) -> Path:
@@ -251,6 +263,30 @@ class RunConfig:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+#: the most tasks one run takes (envs generate their task lists when they are made)
+MAX_TASKS = 100_000
+
+_KINDS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _check_types(cfg: Any) -> None:
+    """A value of the wrong type (``tasks: five`` in a YAML file) is a one-line error naming the key."""
+    for f in dataclasses.fields(cfg):
+        wanted = str(f.type).replace(" ", "").split("|")
+        value = getattr(cfg, f.name)
+        if value is None and "None" in wanted:
+            continue
+        if any(w not in _KINDS and w != "None" for w in wanted):
+            continue  # a type this check does not know (tuples, mappings): checked where it is used
+        kinds = tuple(k for w in wanted for k in _KINDS.get(w, ()))
+        # bool is an int to Python, never to a config file
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            names = " or ".join(w for w in wanted if w != "None")
+            raise ConfigError(
+                f"{f.name} must be {'an' if names[0] in 'aeiou' else 'a'} {names}, got {value!r}"
+            )
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

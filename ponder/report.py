@@ -273,11 +273,15 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> tuple[d
     if len(run_dirs) < 1:
         raise ConfigError("compare needs at least one run directory")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(
+            f"--out {out} is a file; pass a directory for the report and plot, e.g. runs/compare"
+        )
+    loaded = [load_run(d) for d in run_dirs]  # every run read before anything is written
     out.mkdir(parents=True, exist_ok=True)
     summaries: dict[str, dict] = {}
     episodes: dict[str, list[dict[str, Any]]] = {}
-    for d in run_dirs:
-        config, eps = load_run(d)
+    for d, (config, eps) in zip(run_dirs, loaded, strict=True):
         label = Path(d).name
         summaries[label] = summarize(eps, config.get("trials"))
         _labels(summaries[label], config, eps, _saved_summary(Path(d)))

@@ -25,6 +25,7 @@ import hashlib
 import inspect
 import logging
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable
@@ -205,7 +206,20 @@ def run(
         raise UnknownName.for_registry("agent", cfg.agent, AGENTS)
     spec(cfg.env)  # fail on an unknown env before anything is written
     check_search(cfg)
+    fresh = not (cfg.run_dir / "config.yaml").exists()
     cfg = _prepare_dir(cfg)
+    try:
+        return _run(cfg, policy, progress, on_episode)
+    except (ConfigError, UnknownName):
+        # bad input found once the run had started (an env option, a search option): a run
+        # directory with no episode in it would only block the corrected command, so it goes.
+        # Other failures (a full disk, a backend down) keep it: its checkpoints are work done.
+        if fresh and not EpisodeLog(cfg.run_dir / "episodes.jsonl").read():
+            shutil.rmtree(cfg.run_dir, ignore_errors=True)
+        raise
+
+
+def _run(cfg: RunConfig, policy: Any, progress: bool, on_episode: Any) -> RunResult:
     probe = make_env_for(cfg)
     task_ids = probe.task_ids()[: cfg.tasks]
     probe.close()
@@ -223,8 +237,9 @@ def run(
     )
 
     with ExitStack() as stack:
-        memory = _open_memory(cfg)
-        stack.callback(memory.close)
+        memory = None if cfg.memory_off else _open_memory(cfg)
+        if memory is not None:
+            stack.callback(memory.close)
         conn = sqlite3.connect(cfg.run_dir / "checkpoints.sqlite", check_same_thread=False)
         stack.callback(conn.close)
         from langgraph.checkpoint.sqlite import SqliteSaver
@@ -246,7 +261,8 @@ def run(
             record = _run_episode(graph, cfg, task_id, policy)
             # memory first: a kill between the two re-runs the episode's last step and
             # overwrites the same experience id, never duplicates it
-            memory.add(experience_from_episode(record))
+            if memory is not None:
+                memory.add(experience_from_episode(record))
             if episodes.append(record) and on_episode:
                 on_episode(record)
 

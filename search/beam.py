@@ -47,6 +47,7 @@ from ponder.search.best_of_n import (
     check_positive,
     check_selection,
     choose,
+    option,
     path_value,
 )
 from ponder.search.tree import SearchTree
@@ -158,8 +159,8 @@ def beam_search(problem: SearchProblem, *, n: int = 8, **options: Any) -> Search
         filter_duplicates: drop active beams whose text repeats an earlier one (default False).
     """
     check_options("beam", options, ("beam_width", "max_depth", "select", "filter_duplicates"))
-    beam_width = int(options.get("beam_width", 4))
-    max_depth = int(options.get("max_depth") or problem.max_steps)
+    beam_width = option(options, "beam_width", 4, int)
+    max_depth = option(options, "max_depth", None, int) or problem.max_steps
     check_positive(n=n, beam_width=beam_width, max_depth=max_depth)
     select = check_selection(options.get("select", "best"))
     keep = max(1, n // beam_width)

@@ -54,6 +54,7 @@ __all__ = [
     "check_options",
     "check_selection",
     "choose",
+    "option",
     "path_value",
     "sample_and_score",
     "sample_solutions",
@@ -82,6 +83,33 @@ def check_options(algorithm: str, options: Mapping[str, Any], allowed: Iterable[
             f"{algorithm} does not take option(s) {', '.join(unknown)}; "
             f"it takes: {', '.join(allowed) or 'no options besides n'}"
         )
+
+
+def option(options: Mapping[str, Any], name: str, default: Any, kind: type = int) -> Any:
+    """``options[name]`` as ``kind`` (``default`` when absent or None); a value that is not one
+    is a one-line ``ConfigError`` naming the option, not a traceback mid-run.
+
+    Example:
+        >>> option({"beam_width": "4"}, "beam_width", 2)
+        4
+        >>> option({"beam_width": "abc"}, "beam_width", 2)
+        Traceback (most recent call last):
+        ...
+        ponder.errors.ConfigError: search option beam_width must be a number (int), got 'abc'; pass e.g. --search-arg beam_width=2
+    """
+    value = options.get(name)
+    if value is None:
+        return default
+    try:
+        if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
+            raise ValueError(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        example = default if default is not None else (1 if kind is int else 0.5)
+        raise ConfigError(
+            f"search option {name} must be a number ({kind.__name__}), got {value!r}; "
+            f"pass e.g. --search-arg {name}={example}"
+        ) from None
 
 
 def check_positive(**values: int) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 
 from ponder.search.base import SearchProblem, SearchResult
 from ponder.search.beam import expand_nodes, finished_result
-from ponder.search.best_of_n import check_options, check_positive, check_selection, path_value
+from ponder.search.best_of_n import check_options, check_positive, check_selection, option, path_value
 from ponder.search.tree import SearchTree
 
 __all__ = ["dvts"]
@@ -48,8 +48,8 @@ def dvts(problem: SearchProblem, *, n: int = 8, **options: Any) -> SearchResult:
             (every terminal step generated, kept or not).
     """
     check_options("dvts", options, ("beam_width", "max_depth", "select"))
-    beam_width = int(options.get("beam_width", 4))
-    max_depth = int(options.get("max_depth") or problem.max_steps)
+    beam_width = option(options, "beam_width", 4, int)
+    max_depth = option(options, "max_depth", None, int) or problem.max_steps
     check_positive(n=n, beam_width=beam_width, max_depth=max_depth)
     select = check_selection(options.get("select", "best"))
     subtrees = max(1, n // beam_width)

@@ -74,7 +74,7 @@ from ponder.errors import ConfigError
 from ponder.models.types import Message, Prompt, SamplingParams
 from ponder.search.base import SearchProblem, SearchResult, finish, join_steps
 from ponder.search.beam import expand_nodes
-from ponder.search.best_of_n import candidate, check_options, check_positive, path_value
+from ponder.search.best_of_n import candidate, check_options, check_positive, option, path_value
 from ponder.search.mcts import backup, env_reward, require_evaluate, select_leaf
 from ponder.search.tree import SearchTree
 
@@ -332,10 +332,10 @@ def lats(problem: SearchProblem, *, n: int = 5, **options: Any) -> SearchResult:
         ConfigError: ``use_env_reward`` without ``problem.evaluate``; ``value="prm"`` without a PRM.
     """
     check_options("lats", options, _OPTIONS)
-    iterations = int(options.get("iterations", 8))
-    exploration = float(options.get("exploration", math.sqrt(2)))
-    max_depth = int(options.get("max_depth") or problem.max_steps)
-    rollout_width = int(options.get("rollout_width") or n)
+    iterations = option(options, "iterations", 8, int)
+    exploration = option(options, "exploration", math.sqrt(2), float)
+    max_depth = option(options, "max_depth", None, int) or problem.max_steps
+    rollout_width = option(options, "rollout_width", None, int) or n
     value = options.get("value", "lm")
     use_env_reward = bool(options.get("use_env_reward", True))
     stop_on_success = bool(options.get("stop_on_success", True))
@@ -343,12 +343,12 @@ def lats(problem: SearchProblem, *, n: int = 5, **options: Any) -> SearchResult:
         problem,
         SearchTree(problem.question),
         value,
-        float(options.get("lm_weight", 0.5)),
-        int(options.get("value_samples", 3)),
-        int(options.get("value_tokens", 4)),
+        option(options, "lm_weight", 0.5, float),
+        option(options, "value_samples", 3, int),
+        option(options, "value_tokens", 4, int),
         use_env_reward,
-        int(options.get("max_reflections", 3)),
-        int(options.get("reflection_tokens", 96)),
+        option(options, "max_reflections", 3, int),
+        option(options, "reflection_tokens", 96, int),
     )
     check_positive(
         n=n,

@@ -63,7 +63,7 @@ from typing import Any
 from ponder.errors import ConfigError
 from ponder.search.base import SearchProblem, SearchResult, finish, join_steps
 from ponder.search.beam import expand_nodes
-from ponder.search.best_of_n import candidate, check_options, check_positive, path_value
+from ponder.search.best_of_n import candidate, check_options, check_positive, option, path_value
 from ponder.search.tree import SearchTree
 
 __all__ = [
@@ -263,9 +263,9 @@ def mcts(problem: SearchProblem, *, n: int = 8, **options: Any) -> SearchResult:
             says ``oracle=True``.
     """
     check_options("mcts", options, _OPTIONS)
-    iterations = int(options.get("iterations", 16))
-    exploration = float(options.get("exploration", 1.0))
-    max_depth = int(options.get("max_depth") or problem.max_steps)
+    iterations = option(options, "iterations", 16, int)
+    exploration = option(options, "exploration", 1.0, float)
+    max_depth = option(options, "max_depth", None, int) or problem.max_steps
     use_env_reward = bool(options.get("use_env_reward", False))
     selection = options.get("selection", "uct")
     if selection not in ("uct", "puct"):
@@ -273,8 +273,11 @@ def mcts(problem: SearchProblem, *, n: int = 8, **options: Any) -> SearchResult:
     how = options.get("prior", "mean")
     if how not in ("mean", "sum"):
         raise ConfigError(f"unknown prior={how!r}; use 'mean' or 'sum'")
-    c_init, c_base = float(options.get("c_init", 1.25)), float(options.get("c_base", 19652))
-    alpha, weight = float(options.get("dirichlet_alpha", 0.3)), float(options.get("dirichlet_weight", 0.0))
+    c_init, c_base = option(options, "c_init", 1.25, float), option(options, "c_base", 19652, float)
+    alpha, weight = (
+        option(options, "dirichlet_alpha", 0.3, float),
+        option(options, "dirichlet_weight", 0.0, float),
+    )
     if not 0.0 <= weight <= 1.0 or alpha <= 0:
         raise ConfigError(f"need 0 <= dirichlet_weight <= 1 and dirichlet_alpha > 0, got {weight}, {alpha}")
     check_positive(n=n, iterations=iterations, max_depth=max_depth)

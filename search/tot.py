@@ -42,7 +42,7 @@ from typing import Any
 
 from ponder.search.base import SearchProblem, SearchResult, finish
 from ponder.search.beam import expand_nodes, finished_result
-from ponder.search.best_of_n import candidate, check_options, check_positive, choose, path_value
+from ponder.search.best_of_n import candidate, check_options, check_positive, choose, option, path_value
 from ponder.search.tree import SearchTree
 
 __all__ = ["tot_bfs", "tot_dfs"]
@@ -56,8 +56,8 @@ def tot_bfs(problem: SearchProblem, *, n: int = 8, **options: Any) -> SearchResu
         max_depth: steps at most (default ``problem.max_steps``).
     """
     check_options("tot_bfs", options, ("breadth", "max_depth"))
-    breadth = int(options.get("breadth", 2))
-    max_depth = int(options.get("max_depth") or problem.max_steps)
+    breadth = option(options, "breadth", 2, int)
+    max_depth = option(options, "max_depth", None, int) or problem.max_steps
     check_positive(n=n, breadth=breadth, max_depth=max_depth)
     tree = SearchTree(problem.question)
     frontier = [0]
@@ -84,10 +84,10 @@ def tot_dfs(problem: SearchProblem, *, n: int = 8, **options: Any) -> SearchResu
         max_depth: steps at most (default ``problem.max_steps``).
     """
     check_options("tot_dfs", options, ("value_threshold", "solutions", "max_expansions", "max_depth"))
-    threshold = float(options.get("value_threshold", 0.5))
-    wanted = int(options.get("solutions", 1))
-    max_depth = int(options.get("max_depth") or problem.max_steps)
-    max_expansions = int(options.get("max_expansions") or 4 * max_depth)
+    threshold = option(options, "value_threshold", 0.5, float)
+    wanted = option(options, "solutions", 1, int)
+    max_depth = option(options, "max_depth", None, int) or problem.max_steps
+    max_expansions = option(options, "max_expansions", None, int) or 4 * max_depth
     check_positive(n=n, solutions=wanted, max_expansions=max_expansions, max_depth=max_depth)
     tree = SearchTree(problem.question)
     stack = [0]  # states to expand; the best child is pushed last, so it is popped first
