@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.ponder-setup
 
-.PHONY: setup browser demo test lint bench clean-runs
+.PHONY: setup browser demo test test-fast lint bench clean-runs
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ browser:
 
 test: setup browser
 	$(PY) -m pytest
+
+# the tests that load no real model (seconds to a few minutes): CI runs them first, to fail fast
+test-fast: setup
+	$(PY) -m pytest -q -x -m "not real_model"
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
