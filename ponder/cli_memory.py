@@ -327,12 +327,22 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------ rendering
-def _records_table(records: list[Any], sims: list[str] | None = None) -> Table:
+#: below this terminal width the table keeps id, kind, task, result and text, below 100 id, kind,
+#: task and text (more columns would leave each a few letters wide; ``memory show ID`` has them all)
+WIDE = 140
+
+
+def _records_table(records: list[Any], sims: list[str] | None = None, width: int | None = None) -> Table:
+    width = width or _console().width
+    wide = width >= WIDE
     t = Table()
     t.add_column("id", no_wrap=True)
-    for name in ("kind", "env", "task", "run", "created", "result"):
-        t.add_column(name, overflow="fold", max_width=24)
-    t.add_column("text", ratio=1, min_width=24)
+    names = ("kind", "env", "task", "run", "created", "result")
+    if not wide:
+        names = ("kind", "task", "result") if width >= 100 else ("kind", "task")
+    for name in names:
+        t.add_column(name, no_wrap=not wide, overflow="fold" if wide else "ellipsis", max_width=24)
+    t.add_column("text", ratio=1, min_width=24 if wide else 16)
     if sims:
         t.add_column("sim", no_wrap=True)
     for n, r in enumerate(records):
@@ -344,14 +354,17 @@ def _records_table(records: list[Any], sims: list[str] | None = None) -> Table:
             if r.kind == "insight"
             else ""
         )
+        cells = {
+            "kind": r.kind,
+            "env": _plain(p.env, 20),
+            "task": _plain(p.task_id, 30),
+            "run": _plain(p.run_id, 20),
+            "created": p.created_at[:16].replace("T", " "),
+            "result": result,
+        }
         t.add_row(
             Text(r.id, no_wrap=True),
-            r.kind,
-            _plain(p.env, 20),
-            _plain(p.task_id, 30),
-            _plain(p.run_id, 20),
-            p.created_at[:16].replace("T", " "),
-            result,
+            *(cells[k] for k in names),
             _plain(r.document(), 200),
             *([sims[n]] if sims else []),
         )

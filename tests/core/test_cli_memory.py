@@ -278,3 +278,24 @@ def test_serve_opens_read_only_and_hands_over(mem, monkeypatch):
     monkeypatch.setattr(web, "serve", fake_serve)
     assert main(["memory", "serve", "--memory", str(mem), "--port", "0"]) == 0
     assert seen == {"mode": "r", "total": 6, "host": "127.0.0.1", "port": 0}
+
+
+def test_memory_table_fits_80_columns_without_letter_by_letter_wrapping():
+    from rich.console import Console
+
+    from ponder.cli_memory import _records_table
+    from ponder.memory import Experience, Provenance
+
+    prov = Provenance(
+        run_id="a-long-run-name-for-the-table", episode_id="e", env="math", task_id="math/L2/15"
+    )
+    rec = Experience(
+        task="What is 87 - 81?", trajectory=[{"action": "Answer: 6"}], outcome="success", provenance=prov
+    )
+    for width in (80, 110, 160):
+        con = Console(width=width, record=True)
+        con.print(_records_table([rec], width=width))
+        text = con.export_text()
+        assert all(len(line) <= width for line in text.splitlines())
+        assert rec.id in text and "experience" in text and "math/L2/15" in text  # whole, not folded
+        assert ("a-long-run" in text) == (width >= 140)  # the run column only where there is room
