@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -42,16 +43,29 @@ log = logging.getLogger(__name__)
 
 
 @contextmanager
-def chroma_errors(what: str) -> Iterator[None]:
-    """Turn Chroma's and the HTTP client's errors into a ``BackendError`` naming ``what`` failed."""
+def chroma_errors(what: str, where: str | None = None) -> Iterator[None]:
+    """Turn Chroma's and the HTTP client's errors into a ``BackendError`` naming ``what`` failed.
+
+    Chroma reports a full disk in many words ("Error in compaction: Failed to apply logs ..."),
+    so when the store's directory ``where`` has (almost) no space left, the message says so.
+    """
     try:
         yield
     except ChromaError as e:
+        if where and _nearly_full(where):
+            raise BackendError(f"Chroma failed to {what}: the disk is full ({e})") from e
         raise BackendError(
             f"Chroma failed to {what}: {e}; check the memory directory is intact and not in use"
         ) from e
     except httpx.HTTPError as e:
         raise BackendError(f"Chroma server failed to {what}: {e}; check the server is running") from e
+
+
+def _nearly_full(where: str, margin: int = 1 << 20) -> bool:
+    try:
+        return shutil.disk_usage(where).free < margin
+    except OSError:  # a URL, or a directory already gone
+        return False
 
 
 class Session:
@@ -91,7 +105,7 @@ class Session:
     def call(self, what: str) -> Iterator[None]:
         """Hold the directory's lock and translate errors around Chroma calls (re-entrant)."""
         self.col  # noqa: B018 - raises when closed
-        with self.io or contextlib.nullcontext(), chroma_errors(what):
+        with self.io or contextlib.nullcontext(), chroma_errors(what, self.where if self.io else None):
             yield
 
     def batch_size(self) -> int:
