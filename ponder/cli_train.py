@@ -151,7 +151,7 @@ def cmd_improve(a: argparse.Namespace) -> int:
 
 def cmd_eval(a: argparse.Namespace) -> int:
     from ponder.models.factory import make_policy
-    from ponder.training.evaluate import EvalConfig, evaluate_policy
+    from ponder.training.evaluate import EvalConfig, evaluate_policy, prm_backbone
 
     cfg = EvalConfig(
         levels=tuple(int(x) for x in _csv(a.levels)),
@@ -167,8 +167,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if a.prm:
         from ponder.models.prm_value import ValueHeadPRM
 
-        local = hasattr(policy, "model") and hasattr(policy, "tokenizer")
-        prm = ValueHeadPRM.load(a.prm, backbone=policy if local else None)
+        prm = ValueHeadPRM.load(a.prm, backbone=prm_backbone(policy))
     try:
         metrics = evaluate_policy(policy, prm, cfg, a.out)
     finally:

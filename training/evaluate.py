@@ -33,7 +33,7 @@ from typing import Any
 from ponder.errors import ConfigError
 from ponder.stats import wilson_interval
 
-__all__ = ["EvalConfig", "evaluate_policy", "policy_settings", "rate"]
+__all__ = ["EvalConfig", "evaluate_policy", "policy_settings", "prm_backbone", "rate"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,12 @@ def policy_settings(policy: Any) -> dict[str, Any]:
     if hasattr(policy, "path"):  # LocalPolicy
         return {"policy": "local", "model": str(policy.path)}
     return {"policy": "scripted", "script": ("the policy object was passed in",)}
+
+
+def prm_backbone(policy: Any, fallback: Any = None) -> Any:
+    """What a value-head PRM reads for ``policy``: the policy itself when its weights are here
+    (a ``LocalPolicy``), else ``fallback`` (a local model folder; None: the recorded or default one)."""
+    return policy if hasattr(policy, "model") and hasattr(policy, "tokenizer") else fallback
 
 
 def evaluate_policy(policy: Any, prm: Any, cfg: EvalConfig, out: str | Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ponder.errors import ConfigError
-from ponder.training.evaluate import evaluate_policy, policy_settings
+from ponder.training.evaluate import evaluate_policy, policy_settings, prm_backbone
 
 __all__ = ["Stages"]
 
@@ -184,7 +184,7 @@ class Stages:
 
     def _prm_backbone(self, policy: Any) -> Any:
         """The value head reads the policy itself when it is local, else ``cfg.prm_backbone``."""
-        return policy if hasattr(policy, "model") and hasattr(policy, "tokenizer") else self.cfg.prm_backbone
+        return prm_backbone(policy, self.cfg.prm_backbone)
 
     def prm(self, k: int, policy_path: str | None) -> dict[str, Any]:
         from ponder.environments import make
