@@ -45,146 +45,90 @@ def key_value(text: str) -> tuple[str, Any]:
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    """``ponder run``'s flags, one per ``RunConfig`` option (its help, type, choices, group)."""
+    from ponder.config import RunConfig
+
     p.add_argument("--config", help="YAML file of RunConfig keys; flags override it")
-    p.add_argument("--agent", help="agent name (see 'ponder agents'); default reflexion")
-    p.add_argument("--env", help="env name (see 'ponder envs'); default math")
-    p.add_argument(
-        "--env-arg",
-        action="append",
-        type=key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="env option, e.g. --env-arg level=2 (repeatable)",
-    )
+    groups: dict[str | None, Any] = {None: p}
+    for name, info in RunConfig.model_fields.items():
+        flag, kw = _flag_for(name, info)
+        if flag is None:
+            continue
+        group = _meta(info)["group"]
+        if group not in groups:
+            groups[group] = p.add_argument_group(group)
+        groups[group].add_argument(flag, dest=name, **kw)
     p.add_argument(
         "--task",
         action="append",
-        help="a task name for envs that have named tasks, e.g. --task boil (ScienceWorld; repeatable)",
+        help="a task name for envs that have named tasks, e.g. --task boil (ScienceWorld; repeatable); "
+        "sets the env option tasks",
     )
-    p.add_argument(
-        "--feedback",
-        choices=["binary", "directional", "full"],
-        help="how much the env's feedback says: binary (right/wrong, default), directional, full",
-    )
-    p.add_argument("--tasks", type=int, help="number of tasks (default 20)")
-    p.add_argument("--trials", type=int, help="attempts per task (default 3)")
-    p.add_argument("--concurrency", type=int, help="episodes at once (default 4)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--policy", choices=["local", "openai", "scripted"])
-    p.add_argument("--model", help="local model directory, or the model name on an OpenAI-compatible server")
-    p.add_argument("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--device", help="auto, cpu or cuda[:i]")
-    p.add_argument("--dtype", help="auto, float32, bfloat16 or float16")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--max-tokens", type=int)
-    p.add_argument("--name", help="run name: the run directory is RUNS_DIR/NAME")
-    p.add_argument("--runs-dir", help="where run directories go (default runs)")
-    p.add_argument(
-        "--memory",
-        help="a memory directory shared across runs (default RUN_DIR/memory); none: no memory at all",
-    )
-    p.add_argument("--memory-url", help="keep memory on a Chroma server instead, e.g. http://127.0.0.1:8000")
-    p.add_argument("--embedder", choices=["minilm", "hashing"])
-    p.add_argument(
-        "--memory-modes", help="experiential,reflective,concept (any of them, or none); default none"
-    )
-    p.add_argument(
-        "--concept",
-        choices=["expel-online", "expel-frozen", "clin", "clin-voted"],
-        help="how --memory-modes concept learns (default: expel-online for reflexion/retry, clin for "
-        "embodied agents)",
-    )
-    p.add_argument("--insight-set", help="the ExpeL set expel-frozen recalls (default expel)")
-    s = p.add_argument_group("search (--agent search, or --actor-search with reflexion/retry)")
-    s.add_argument("--algorithm", help="search algorithm (see 'ponder agents'); default beam")
-    s.add_argument("--n", type=int, help="search width: samples, or beams x samples per beam (default 8)")
-    s.add_argument("--prm", help="PRM folder (e.g. from 'ponder prm train'), verifier (oracle) or judge")
-    s.add_argument("--actor-search", help="make each reflexion/retry attempt a search with this algorithm")
-    s.add_argument("--search-tokens", type=int, help="generated tokens per search at most")
-    s.add_argument(
-        "--search-arg",
-        action="append",
-        type=key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="algorithm option, e.g. --search-arg beam_width=4 (repeatable)",
-    )
-    s.add_argument("--step-tokens", type=int, help="new tokens per search step (default 48)")
-    s.add_argument("--max-steps", type=int, help="steps per searched solution at most (default 8)")
-    m = p.add_argument_group("multi-agent (--agent debate, team)")
-    m.add_argument("--agents", type=int, help="debaters, or a team's working agents (default 3)")
-    m.add_argument(
-        "--rounds", type=int, help="debate rounds, the first included; a team's cycle rounds (default 2)"
-    )
-    m.add_argument(
-        "--topology", help="the team's topology: chain, star, mesh, layered, random (default star)"
-    )
-    m.add_argument(
-        "--aggregator", choices=["majority", "judge"], help="how a debate decides (default majority)"
-    )
-    e = p.add_argument_group("embodied agents (--agent embodied, embodied-plan, embodied-retry)")
-    e.add_argument("--env-steps", type=int, help="actions per trial at most (default 30)")
-    p.add_argument(
-        "--agent-tests",
-        type=int,
-        help="unit tests the model writes for itself first (reflexion/retry on HumanEval; default 0)",
-    )
-    p.add_argument("--script", action="append", help="a reply of the scripted policy (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue the run directory NAME")
     p.add_argument("--no-progress", action="store_true")
 
 
+def _meta(info: Any) -> dict[str, Any]:
+    from ponder.config import option_meta
+
+    return option_meta(info)
+
+
+def _flag_for(name: str, info: Any) -> tuple[str | None, dict[str, Any]]:
+    """The flag and ``add_argument`` keywords of one ``RunConfig`` option (None: it has no flag)."""
+    import types
+    import typing
+
+    meta = _meta(info)
+    if meta.get("flag") is None:
+        return None, {}
+    flag = meta["flag"] or "--" + name.replace("_", "-")
+    help_text = info.description or ""
+    default = info.get_default(call_default_factory=True)
+    if meta.get("show_default", True) and default not in (None, "", (), {}):
+        help_text += f" (default {default})"
+    kw: dict[str, Any] = {"help": help_text, "default": None}
+    if meta.get("metavar"):
+        kw["metavar"] = meta["metavar"]
+    kind = info.annotation
+    args = [t for t in typing.get_args(kind) if t is not type(None)]
+    if typing.get_origin(kind) in (typing.Union, types.UnionType) and len(args) == 1:
+        kind = args[0]  # X | None: the flag takes an X
+    origin = typing.get_origin(kind)
+    if kind is bool:
+        kw.update(action="store_true", default=False)
+    elif origin is typing.Literal:
+        kw["choices"] = list(typing.get_args(kind))
+    elif origin is dict:
+        kw.update(action="append", type=key_value, default=[])
+    elif origin is tuple and name == "memory_modes":
+        pass  # a comma-separated list, parsed by RunConfig
+    elif origin is tuple:
+        kw["action"] = "append"
+    elif kind in (int, float):
+        kw["type"] = kind
+    return flag, kw
+
+
 def _config_from_args(a: argparse.Namespace) -> Any:
+    """The ``RunConfig`` of ``ponder run``'s flags over its ``--config`` file (or over the saved run
+    with ``--resume``: flags given then must agree with it, which the runner checks)."""
     from ponder.config import RunConfig, load_yaml
 
     data: dict[str, Any] = load_yaml(a.config) if a.config else {}
-    flags = {
-        "agent": a.agent,
-        "env": a.env,
-        "feedback": a.feedback,
-        "agent_tests": a.agent_tests,
-        "tasks": a.tasks,
-        "trials": a.trials,
-        "concurrency": a.concurrency,
-        "seed": a.seed,
-        "policy": a.policy,
-        "model": a.model,
-        "base_url": a.base_url,
-        "device": a.device,
-        "dtype": a.dtype,
-        "temperature": a.temperature,
-        "max_tokens": a.max_tokens,
-        "name": a.name,
-        "runs_dir": a.runs_dir,
-        "memory": a.memory,
-        "memory_url": a.memory_url,
-        "embedder": a.embedder,
-        "memory_modes": a.memory_modes,
-        "concept": a.concept,
-        "insight_set": a.insight_set,
-        "script": tuple(a.script) if a.script else None,
-        "algorithm": a.algorithm,
-        "n": a.n,
-        "prm": a.prm,
-        "actor_search": a.actor_search,
-        "search_tokens": a.search_tokens,
-        "step_tokens": a.step_tokens,
-        "max_steps": a.max_steps,
-        "env_steps": a.env_steps,
-        "agents": a.agents,
-        "rounds": a.rounds,
-        "aggregator": a.aggregator,
-        "topology": a.topology,
-    }
-    given = {k: v for k, v in flags.items() if v is not None}
-    if a.env_arg or a.task:
-        given["env_kwargs"] = {**data.get("env_kwargs", {}), **dict(a.env_arg)}
+    given: dict[str, Any] = {}
+    for name, info in RunConfig.model_fields.items():
+        value = getattr(a, name, None)
+        if value is None or value is False or value == []:
+            continue
+        if isinstance(value, list) and info.get_default(call_default_factory=True) == {}:
+            value = {**data.get(name, {}), **dict(value)}  # KEY=VALUE pairs over the file's mapping
+        elif isinstance(value, list):
+            value = tuple(value)
+        given[name] = value
     if a.task:
-        given["env_kwargs"]["tasks"] = a.task[0] if len(a.task) == 1 else list(a.task)
-    if a.search_arg:
-        given["search_options"] = {**data.get("search_options", {}), **dict(a.search_arg)}
+        env_kwargs = given.setdefault("env_kwargs", dict(data.get("env_kwargs", {})))
+        env_kwargs["tasks"] = a.task[0] if len(a.task) == 1 else list(a.task)
     if a.resume:
-        # resume what the run directory holds; flags given now must agree with it (the runner checks)
         probe = RunConfig.from_dict({**data, **given})
         if not (probe.run_dir / "config.yaml").exists():
             raise ConfigError(
@@ -294,12 +238,15 @@ def cmd_envs(a: argparse.Namespace) -> int:
 
 
 def cmd_agents(a: argparse.Namespace) -> int:
-    from ponder.agents import AGENT_DESCRIPTIONS, AGENTS
+    from ponder.agents import AGENT_SPECS
+    from ponder.config import RunConfig
     from ponder.search import ALGORITHMS, NO_PRM
 
-    t = Table("agent", "description")
-    for name in sorted(AGENTS):
-        t.add_row(name, AGENT_DESCRIPTIONS.get(name, ""))
+    t = Table("agent", "description", "its options (beyond the common ones)", "memory")
+    for name in sorted(AGENT_SPECS):
+        spec = AGENT_SPECS[name]
+        opts = ", ".join(_flag_for(o, RunConfig.model_fields[o])[0] or o for o in spec.options)
+        t.add_row(name, spec.description, opts, "yes" if spec.uses_memory else "")
     console.print(t)
     s = Table("search algorithm (--algorithm, --actor-search)", "needs --prm", "description")
     for name, fn in ALGORITHMS.items():

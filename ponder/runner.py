@@ -35,13 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ponder.agents import AGENTS, EMBODIED, USES_MEMORY, AgentContext, trials_for
+from ponder.agents import AGENT_SPECS, AgentContext, trials_for
 from ponder.config import RunConfig
 from ponder.environments import make, spec
 from ponder.environments.base import TextEnv
 from ponder.episodes import EpisodeLog, trials_problem
 from ponder.errors import ConfigError, PonderError, UnknownName
-from ponder.models.factory import make_policy
+from ponder.models.factory import make_policy, make_prm
 from ponder.models.types import Policy, SamplingParams
 from ponder.report import write_report
 
@@ -78,44 +78,6 @@ def make_env_for(cfg: RunConfig) -> TextEnv:
     return make(cfg.env, **kwargs)
 
 
-#: what defines a run's results; a resumed run must keep these
-DEFINING = (
-    "agent",
-    "env",
-    "env_kwargs",
-    "feedback",
-    "tasks",
-    "trials",
-    "seed",
-    "policy",
-    "model",
-    "base_url",
-    "temperature",
-    "max_tokens",
-    "memory",
-    "memory_url",
-    "embedder",
-    "memory_modes",
-    "concept",
-    "insight_set",
-    "script",
-    "algorithm",
-    "n",
-    "prm",
-    "actor_search",
-    "search_tokens",
-    "search_options",
-    "step_tokens",
-    "max_steps",
-    "env_steps",
-    "agents",
-    "rounds",
-    "aggregator",
-    "topology",
-    "agent_tests",
-)
-
-
 def _prepare_dir(cfg: RunConfig) -> RunConfig:
     """Check or create ``cfg.run_dir``; a resumed run gets its saved settings back.
 
@@ -132,7 +94,7 @@ def _prepare_dir(cfg: RunConfig) -> RunConfig:
         old = RunConfig.from_yaml(saved)
         changed = [
             f"{k}={getattr(cfg, k)!r} (was {getattr(old, k)!r})"
-            for k in DEFINING
+            for k in RunConfig.defining()
             if getattr(cfg, k) != getattr(old, k)
         ]
         if changed:
@@ -202,8 +164,8 @@ def run(
         progress: show a Rich progress bar.
         on_episode: called with each finished episode record.
     """
-    if cfg.agent not in AGENTS:
-        raise UnknownName.for_registry("agent", cfg.agent, AGENTS)
+    if cfg.agent not in AGENT_SPECS:
+        raise UnknownName.for_registry("agent", cfg.agent, AGENT_SPECS)
     spec(cfg.env)  # fail on an unknown env before anything is written
     check_search(cfg)
     fresh = not (cfg.run_dir / "config.yaml").exists()
@@ -244,9 +206,10 @@ def _run(cfg: RunConfig, policy: Any, progress: bool, on_episode: Any) -> RunRes
         stack.callback(conn.close)
         from langgraph.checkpoint.sqlite import SqliteSaver
 
-        graph = AGENTS[cfg.agent](
+        agent = AGENT_SPECS[cfg.agent]
+        graph = agent.factory(
             policy,
-            memory=memory if cfg.agent in USES_MEMORY else None,
+            memory=memory if agent.uses_memory else None,
             max_trials=cfg.trials,
             checkpointer=SqliteSaver(conn),
             **agent_options(cfg, policy),
@@ -291,36 +254,49 @@ def check_search(cfg: RunConfig) -> None:
 
 
 def agent_options(cfg: RunConfig, policy: Policy) -> dict[str, Any]:
-    """The agent factory's own keyword arguments for ``cfg`` (search, memory modes, sampling)."""
-    params = SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature)
-    if cfg.agent == "team":
-        return {"params": params, "topology": cfg.topology, "n_agents": cfg.agents, "rounds": cfg.rounds}
-    if cfg.agent == "debate":
-        return {"params": params, "n_agents": cfg.agents, "rounds": cfg.rounds, "aggregator": cfg.aggregator}
+    """The agent factory's own keyword arguments for ``cfg``: sampling, and each run option its
+    ``AgentSpec.options`` names, under the keyword ``RunConfig`` declares for it. A few options
+    become objects: ``prm`` a PRM, ``actor_search`` a ``SearchActor``, ``concept`` the memory
+    nodes' concept settings."""
     from ponder.agents.memory_nodes import concept_options
+    from ponder.config import option_meta
 
-    concept = concept_options(cfg.concept, embodied=cfg.agent in EMBODIED, insight_set=cfg.insight_set)
-    if cfg.agent in EMBODIED:
-        return {"params": params, "memory_modes": cfg.memory_modes, "max_steps": cfg.env_steps, **concept}
-    tests = {"agent_tests": cfg.agent_tests} if cfg.agent_tests else {}
-    if cfg.agent != "search" and not cfg.actor_search:
-        return {"params": params, "memory_modes": cfg.memory_modes, **tests, **concept}
-    from ponder.agents.search_agent import SearchActor
-    from ponder.models.factory import make_prm
-
-    prm = make_prm(cfg.prm, policy=policy, device=cfg.device, dtype=cfg.dtype)
+    spec = AGENT_SPECS[cfg.agent]
+    params = SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature)
     step = SamplingParams(max_tokens=cfg.step_tokens, temperature=cfg.temperature)
-    search = {
-        "algorithm": cfg.actor_search or cfg.algorithm,
-        "n": cfg.n,
-        "options": dict(cfg.search_options),
-        "budget": cfg.search_tokens,
-        "max_steps": cfg.max_steps,
-    }
-    if cfg.agent == "search":
-        return {"prm": prm, "params": step, **search}
-    actor = SearchActor(policy, prm, step_params=step, **search)
-    return {"params": params, "memory_modes": cfg.memory_modes, "actor_search": actor, **tests, **concept}
+    searching = cfg.agent == "search" or bool(cfg.actor_search)
+    kw: dict[str, Any] = {"params": step if cfg.agent == "search" else params}
+    search: dict[str, Any] = {"algorithm": cfg.actor_search or cfg.algorithm}
+    for name in spec.options:
+        value = getattr(cfg, name)
+        if name in ("concept", "insight_set", "step_tokens", "actor_search", "algorithm"):
+            continue  # built below
+        if name == "agent_tests" and not value:
+            continue  # factories default to none
+        if name == "prm":
+            value = (
+                make_prm(cfg.prm, policy=policy, device=cfg.device, dtype=cfg.dtype) if searching else None
+            )
+        key = option_meta(RunConfig.model_fields[name])["arg"] or name
+        if name in _SEARCH_OPTIONS:
+            value = dict(value) if isinstance(value, dict) else value
+            search[key] = value
+        else:
+            kw[key] = value
+    if "concept" in spec.options:
+        kw.update(concept_options(cfg.concept, embodied=spec.embodied, insight_set=cfg.insight_set))
+    if cfg.agent == "search" or "algorithm" in spec.options:
+        kw.update(search)
+    elif cfg.actor_search:
+        from ponder.agents.search_agent import SearchActor
+
+        prm = search.pop("prm", None)
+        kw["actor_search"] = SearchActor(policy, prm, step_params=step, **search)
+    return kw
+
+
+#: options that go to a search (the search agent's own, or each attempt's with --actor-search)
+_SEARCH_OPTIONS = frozenset({"n", "prm", "search_tokens", "search_options", "max_steps"})
 
 
 def _episode_id(task_id: str, seed: int) -> str:
