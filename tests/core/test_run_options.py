@@ -140,3 +140,12 @@ def test_a_registered_agent_runs_from_the_cli(tmp_path, monkeypatch, capsys):
         unregister_agent("my-retry")
     assert main(["run", "--agent", "my-retry", "--policy", "scripted", "--script", "x", "--no-progress"]) == 2
     assert "unknown agent 'my-retry'" in capsys.readouterr().err
+
+
+def test_the_options_page_is_what_the_code_declares():
+    from pathlib import Path
+
+    from ponder.options_doc import markdown
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "run-options.md"
+    assert page.read_text() == markdown(), "regenerate: python -m ponder.options_doc > docs/run-options.md"
