@@ -115,3 +115,16 @@ def test_memory_serve_prints_its_url(tmp_path, monkeypatch, capsys):
             assert resp.status == 200
         made[0].shutdown()
         t.join(10)
+
+
+def test_a_runs_dir_without_write_permission_is_one_line(cli, tmp_path, monkeypatch):
+    # root writes anywhere, so the permission bits are what os.access reports for a normal user
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: False if str(p) == str(locked) else real_access(p, m))
+    code, err = cli(*RUN, "--runs-dir", str(locked), "--name", "x")
+    assert code == 2 and "is not writable (permissions); pass --runs-dir DIR" in _one_line(err)
+    assert list(locked.iterdir()) == []
