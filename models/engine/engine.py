@@ -207,7 +207,16 @@ class _CallJob(_Job):
 class _Seq:
     """Scheduler-side state of one sequence."""
 
-    def __init__(self, ids: list[int], params: SamplingParams, budget: int, stream: Stream, client: Any, gen):
+    def __init__(
+        self,
+        ids: list[int],
+        params: SamplingParams,
+        budget: int,
+        stream: Stream,
+        client: Any,
+        gen: torch.Generator | None,
+        text: TextStream,
+    ):
         self.prompt = ids
         self.tokens = list(ids)  # prompt + generated: the ids whose keys/values fill the slot
         self.ids = np.asarray(ids, dtype=np.int64)
@@ -216,7 +225,7 @@ class _Seq:
         self.stream = stream
         self.client = client
         self.row = RowParams(params.temperature, params.top_p, gen)
-        self.text = None  # TextStream, set by the engine (needs the tokenizer)
+        self.text = text
         self.state = _WAITING
         self.slot = -1
         self.pos = 0  # positions of ``tokens`` whose keys/values are in the slot
@@ -287,8 +296,9 @@ class Engine:
         self._waiting: dict[Any, deque[_Seq]] = {}
         self._n_waiting = 0
         self._turn: deque[Any] = deque()  # clients in round-robin order
-        self._cond = threading.Condition()
-        self._room = threading.Condition(self._cond)
+        lock = threading.RLock()  # both conditions wait on one lock
+        self._cond = threading.Condition(lock)
+        self._room = threading.Condition(lock)
         self._closed = False
         self._jobs: deque[_Job] = deque()  # PRM reads and calls, served between decode steps
         self._readers: dict[int, tuple[Decoder, SlotCache, PrefixStore]] = {}
@@ -340,8 +350,8 @@ class Engine:
             gen = None
             if params.seed is not None and params.temperature > 0:
                 gen = torch.Generator(device=self.device).manual_seed(params.seed + seed_offset + i)
-            seq = _Seq(ids, params, budget, Stream(self, len(ids)), client, gen)
-            seq.text = TextStream(self.tokenizer, params.stop)
+            text = TextStream(self.tokenizer, params.stop)
+            seq = _Seq(ids, params, budget, Stream(self, len(ids)), client, gen, text)
             seq.top_k = top_logprobs
             seqs.append(seq)
         deadline = time.monotonic() + self.queue_timeout
@@ -402,7 +412,7 @@ class Engine:
         """Run ``fn(*args)`` on the scheduler thread between two steps and return its result.
 
         For other torch work that should not start an OpenMP team on a thread of its own (a
-        second team makes both slower: see the README), and for measuring the engine's own steps.
+        second team makes both slower: see docs/setup.md), and for measuring the engine's own steps.
 
         Example:
             >>> policy.engine.call(sum, [1, 2])  # doctest: +SKIP
@@ -503,7 +513,7 @@ class Engine:
         for job in jobs:
             if isinstance(job, _CallJob):
                 job.run()
-        reads = [job for job in jobs if not isinstance(job, _CallJob)]
+        reads = [job for job in jobs if isinstance(job, _FeatureJob)]
         if reads:
             self._read_all(reads)
         if self._decoding:
