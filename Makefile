@@ -37,8 +37,9 @@ test: setup browser
 test-fast: setup
 	$(PY) -m pytest -q -x -m "not real_model"
 
+# the type check links the package into build/typecheck/ponder (see scripts/typecheck.py) and runs basedpyright
 lint: setup
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(PY) scripts/typecheck.py
 
 # naive generate vs the engine vs ponder serve at 1/8/32 agents, beam search prefix reuse, llama.cpp if installed
 bench: setup

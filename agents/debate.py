@@ -35,16 +35,21 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
+from langgraph.types import Checkpointer
 
 from ponder.agents.reflexion import trial_seed
 from ponder.agents.state import AgentContext, MultiAgentState, grade, start_single_step
 from ponder.errors import ConfigError
 from ponder.memory.retrieval import quote
-from ponder.models.types import Message, Policy, Prompt, SamplingParams
+from ponder.models.types import Completion, Message, Policy, Prompt, SamplingParams
+
+if TYPE_CHECKING:
+    from ponder.memory import Memory
 
 __all__ = ["DebatePrompts", "DebateState", "build_debate", "majority_answer", "parse_choice"]
 
@@ -130,13 +135,13 @@ def build_debate(
     rounds: int = 2,
     aggregator: Aggregator = "majority",
     judge: Policy | None = None,
-    memory: Any = None,
+    memory: Memory | None = None,
     max_trials: int = 1,
     params: SamplingParams | None = None,
     prompts: DebatePrompts | None = None,
-    checkpointer: Any = None,
+    checkpointer: Checkpointer = None,
     name: str = "debate",
-) -> Any:
+) -> CompiledStateGraph[DebateState, AgentContext, Any, Any]:
     """A compiled LangGraph graph of a debate (see the module docstring).
 
     Args:
@@ -148,6 +153,8 @@ def build_debate(
         memory, max_trials: accepted for the runner's uniform signature; a debate is one trial.
         params: sampling of every answer (each agent and round gets its own seed).
         prompts: ``DebatePrompts``.
+        checkpointer: a LangGraph checkpointer (``SqliteSaver``), for resuming.
+        name: the graph's name.
     """
     policies = list(policy_or_policies) if isinstance(policy_or_policies, Sequence) else [policy_or_policies]
     if len(policies) == 1:
@@ -231,7 +238,7 @@ def build_debate(
         record = grade(
             runtime.context,
             state["task_id"],
-            state["final"],
+            state.get("final", ""),
             0,
             prompt_tokens=state.get("prompt_tokens", 0),
             completion_tokens=state.get("completion_tokens", 0),
@@ -286,7 +293,7 @@ def _ask(
     return texts, p_tok, c_tok
 
 
-def _generate(policy: Policy, prompts: list[Prompt], params: SamplingParams, seed: int) -> list[Any]:
+def _generate(policy: Policy, prompts: list[Prompt], params: SamplingParams, seed: int) -> list[Completion]:
     """One completion per prompt. Identical prompts (round 0) go out as one request with ``n``
     samples, so they share the prompt's prefill and still differ; distinct prompts are one batch."""
     if len(set(prompts)) == 1:

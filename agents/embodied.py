@@ -49,12 +49,14 @@ import dataclasses
 import logging
 import operator
 import re
-from collections.abc import Callable, Sequence
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
-from typing_extensions import TypedDict
+from langgraph.types import Checkpointer
+from typing_extensions import Required, TypedDict
 
 from ponder.agents.embodied_prompts import EmbodiedPrompts, format_steps, parse_plan, parse_react
 from ponder.agents.grounding import Grounder
@@ -64,8 +66,13 @@ from ponder.agents.reflexion import trial_seed
 from ponder.agents.state import AgentContext, agent_provenance, remember_reflection
 from ponder.errors import ConfigError
 from ponder.memory.clin import CLIN_K
-from ponder.memory.retrieval import is_trusted
-from ponder.models.types import Policy, SamplingParams
+from ponder.memory.records import Experience, Insight, Reflection
+from ponder.memory.retrieval import Hit, is_trusted
+from ponder.models.types import Completion, Policy, Prompt, SamplingParams
+
+if TYPE_CHECKING:
+    from ponder.environments.base import TextEnv
+    from ponder.memory import Memory
 
 __all__ = ["DEFAULT_CONCEPT", "EmbodiedState", "build_embodied_agent", "contradicts", "recursion_limit"]
 
@@ -84,15 +91,19 @@ FAILURE_PATTERNS = re.compile(
 
 
 class EmbodiedState(TypedDict, total=False):
-    """What the embodied graph carries (and checkpoints); ``trials`` and tokens accumulate."""
+    """What the embodied graph carries (and checkpoints); ``trials`` and tokens accumulate.
 
-    task_id: str
+    ``Required`` keys are there for every node after ``start_trial``: ``task_id`` is the input, a
+    reducer's key starts out empty, and ``start_trial`` writes the others.
+    """
+
+    task_id: Required[str]
     #: the first observation of the current trial, and the task's own text (memory key)
-    observation: str
-    task_text: str
+    observation: Required[str]
+    task_text: Required[str]
     #: the current trial: its steps, the latest observation, admissible actions, score, end
-    steps: list[dict[str, Any]]
-    last_observation: str
+    steps: Required[list[dict[str, Any]]]
+    last_observation: Required[str]
     admissible: list[str]
     score: float
     trial_over: bool
@@ -104,14 +115,14 @@ class EmbodiedState(TypedDict, total=False):
     insights: list[str]
     shown_insights: list[str]
     memory_notes: list[str]
-    insight_ops: Annotated[list[str], operator.add]
+    insight_ops: Required[Annotated[list[str], operator.add]]
     #: a concept update asked for but not yet written to memory (``memory.insights.pending_update``
     #: or ``memory.clin.pending_rewrite``)
     pending_insights: dict[str, Any] | None
-    trials: Annotated[list[dict[str, Any]], operator.add]
-    reflections: Annotated[list[str], operator.add]
-    prompt_tokens: Annotated[int, operator.add]
-    completion_tokens: Annotated[int, operator.add]
+    trials: Required[Annotated[list[dict[str, Any]], operator.add]]
+    reflections: Required[Annotated[list[str], operator.add]]
+    prompt_tokens: Required[Annotated[int, operator.add]]
+    completion_tokens: Required[Annotated[int, operator.add]]
 
 
 def contradicts(step: dict[str, Any], min_similarity: float = 0.5) -> bool:
@@ -138,7 +149,7 @@ def recursion_limit(max_trials: int, max_steps: int, max_revisions: int = 0) -> 
 def build_embodied_agent(
     policy: Policy,
     *,
-    memory: Any = None,
+    memory: Memory | None = None,
     max_steps: int = 30,
     max_trials: int = 3,
     reflect: bool = True,
@@ -153,14 +164,14 @@ def build_embodied_agent(
     params: SamplingParams | None = None,
     learn_params: SamplingParams | None = None,
     prompts: EmbodiedPrompts | None = None,
-    checkpointer: Any = None,
+    checkpointer: Checkpointer = None,
     name: str = "embodied",
-) -> Any:
+) -> CompiledStateGraph[EmbodiedState, AgentContext, Any, Any]:
     """A compiled LangGraph graph of the embodied agent (see the module docstring).
 
     Args:
         policy: any ``ponder.models.Policy``.
-        memory: a ``ponder.memory.MemoryStore``, or None for no memory across episodes
+        memory: any ``ponder.memory.Memory`` (a ``MemoryStore``), or None for no memory across episodes
             (reflections still carry across the trials of one episode).
         max_steps: actions per trial at most (the env may end a trial sooner).
         max_trials: trials per episode, the first included.
@@ -179,6 +190,8 @@ def build_embodied_agent(
         embedder: for grounding by similarity (default: the memory's embedder, or word overlap).
         params, learn_params: sampling for actions / for plans, reflections and lessons.
         prompts: ``EmbodiedPrompts``.
+        checkpointer: a LangGraph checkpointer (``SqliteSaver``), for resuming.
+        name: the graph's name (and the agent's, in provenance).
 
     Invoke with ``{"task_id": ...}``, ``context=AgentContext(env=...)`` and a config whose
     ``recursion_limit`` is at least ``recursion_limit(max_trials, max_steps, max_revisions)``
@@ -198,7 +211,7 @@ def build_embodied_agent(
             f"concept must be clin, clin-voted or expel-frozen and clin_k >= 0, got {concept!r}, {clin_k}"
         )
     learns_concepts = "concept" in modes and concept != "expel-frozen"
-    if "concept" in modes and concept == "expel-frozen":
+    if memory is not None and "concept" in modes and concept == "expel-frozen":
         from ponder.agents.expel import frozen_insights
 
         if not frozen_insights(memory, insight_set):
@@ -207,7 +220,7 @@ def build_embodied_agent(
             )
     grounder = Grounder(embedder if embedder is not None else getattr(memory, "embedder", None))
 
-    def gen(prompt: Any, p: SamplingParams, seed: int) -> Any:
+    def gen(prompt: Prompt, p: SamplingParams, seed: int) -> Completion:
         return policy.generate([prompt], dataclasses.replace(p, n=1, seed=seed))[0][0]
 
     def start_trial(state: EmbodiedState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
@@ -320,14 +333,18 @@ def build_embodied_agent(
             "completion_tokens": 0,
         }
         out: dict[str, Any] = {"trials": [record]}
-        if learns_concepts and concept == "clin":
-            out |= _rewrite_causal(memory, policy, state, record, runtime.context, learn_params, name, clin_k)
-        elif learns_concepts:
-            out |= _learn_causal(memory, policy, prompts, state, record, runtime.context, learn_params, name)
-        return out
+        if memory is None or not learns_concepts:
+            return out
+        if concept == "clin":
+            return out | _rewrite_causal(
+                memory, policy, state, record, runtime.context, learn_params, name, clin_k
+            )
+        return out | _learn_causal(
+            memory, policy, prompts, state, record, runtime.context, learn_params, name
+        )
 
     def remember(state: EmbodiedState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-        return remember_insights(memory, state, runtime.context)
+        return remember_insights(memory, state, runtime.context) if memory is not None else {}
 
     def reflect_node(state: EmbodiedState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         last = state["trials"][-1]
@@ -336,7 +353,7 @@ def build_embodied_agent(
         prompt = prompts.reflect(state["task_text"], last["steps"], outcome)
         c = gen(prompt, learn_params, _seed(runtime, state, "reflect"))
         text = parse_reflection(c.text)
-        if "reflective" in modes:
+        if memory is not None and "reflective" in modes:
             remember_reflection(memory, text, last, runtime.context, state["task_id"], name, policy)
         return {"reflections": [text], **_tokens(c)}
 
@@ -371,10 +388,11 @@ def build_embodied_agent(
         g.add_edge("revise", "act")
     else:
         g.add_edge("start_trial", "act")
-    g.add_conditional_edges(
-        "act", after_act, {"act": "act", "end_trial": "end_trial", **({"revise": "revise"} if plan else {})}
-    )
-    targets: dict[str, str] = {"end": END, "start_trial": "start_trial"}
+    after_act_targets: dict[Hashable, str] = {"act": "act", "end_trial": "end_trial"}
+    if plan:
+        after_act_targets["revise"] = "revise"
+    g.add_conditional_edges("act", after_act, after_act_targets)
+    targets: dict[Hashable, str] = {"end": END, "start_trial": "start_trial"}
     if reflect:
         g.add_node("reflect", reflect_node)
         g.add_conditional_edges("reflect", after_reflect, {"end": END, "start_trial": "start_trial"})
@@ -393,7 +411,7 @@ def build_embodied_agent(
 
 
 # --------------------------------------------------------------------------------------- helpers
-def _replay(env: Any, task_id: str, seed: int, steps: Sequence[dict[str, Any]]) -> None:
+def _replay(env: TextEnv, task_id: str, seed: int, steps: Sequence[dict[str, Any]]) -> None:
     """Rebuild the env's state after a resume (a new env object): reset, then redo the trial's actions.
 
     The envs are deterministic given the seed, so the same actions lead to the same state.
@@ -404,7 +422,7 @@ def _replay(env: Any, task_id: str, seed: int, steps: Sequence[dict[str, Any]]) 
         env.step(s["action"])
 
 
-def _tokens(c: Any) -> dict[str, int]:
+def _tokens(c: Completion) -> dict[str, int]:
     return {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens}
 
 
@@ -414,19 +432,23 @@ def _seed(runtime: Runtime[AgentContext], state: EmbodiedState, what: str) -> in
 
 
 def _recall(
-    memory: Any, modes: tuple[str, ...], task_text: str, task_id: str, ctx: AgentContext, k: int
+    memory: Memory, modes: tuple[str, ...], task_text: str, task_id: str, ctx: AgentContext, k: int
 ) -> dict[str, Any]:
     """Reflections and solved-episode notes from earlier episodes (at an episode's start)."""
     out: dict[str, Any] = {"memory_notes": []}
     floor = float(getattr(memory.embedder, "related_similarity", 0.0))
     mine = (ctx.run_id, ctx.episode_id)
 
-    def others(hits: list[Any]) -> list[Any]:
+    def others(hits: list[Hit]) -> list[Hit]:
         return [h for h in hits if (h.record.provenance.run_id, h.record.provenance.episode_id) != mine]
 
     if "reflective" in modes:
         same = memory.list(kind="reflection", where={"task_id": task_id}, limit=k + 8)
-        texts = [r.text for r in same if (r.provenance.run_id, r.provenance.episode_id) != mine]
+        texts = [
+            r.text
+            for r in same
+            if isinstance(r, Reflection) and (r.provenance.run_id, r.provenance.episode_id) != mine
+        ]
         out["memory_notes"] += [
             f"Lesson from an earlier run of this task: {t}" for t in dict.fromkeys(texts)
         ][:k]
@@ -434,6 +456,8 @@ def _recall(
         hits = others(memory.search(task_text, kind="experience", k=3, where={"outcome": "success"}))
         # only an env-verified success (``is_trusted``): an imported record may just claim one
         for h in [h for h in hits if h.similarity >= floor and is_trusted(h.record)][:1]:
+            if not isinstance(h.record, Experience):  # the search asked for experiences only
+                continue
             good = next((t for t in h.record.trajectory if t.get("success")), None)
             if good and good.get("action"):
                 acts = " ; ".join(good["action"].splitlines()[:20])
@@ -442,7 +466,12 @@ def _recall(
 
 
 def _lessons(
-    memory: Any, task_text: str, task_id: str, k: int, concept: str = "clin-voted", insight_set: str = "expel"
+    memory: Memory,
+    task_text: str,
+    task_id: str,
+    k: int,
+    concept: str = "clin-voted",
+    insight_set: str = "expel",
 ) -> dict[str, Any]:
     """The lessons a trial sees (``concept``):
 
@@ -463,18 +492,20 @@ def _lessons(
 
             same = current_lessons(memory, task_id)
         else:
-            same = memory.list(kind="insight", where={**active, "task_id": task_id}, limit=k)
+            found = memory.list(kind="insight", where={**active, "task_id": task_id}, limit=k)
+            same = [i for i in found if isinstance(i, Insight)]
             same.sort(key=lambda i: (-i.net, i.id))
         near = (
             [] if concept == "clin" and same else memory.search(task_text, kind="insight", k=k, where=active)
         )
         cap = max(k, len(same)) if concept == "clin" else k
-        chosen = list({i.id: i for i in [*same, *(h.record for h in near)]}.values())[:cap]
+        nearest = [h.record for h in near if isinstance(h.record, Insight)]
+        chosen = list({i.id: i for i in [*same, *nearest]}.values())[:cap]
     return {"insights": [i.text for i in chosen], "shown_insights": [i.id for i in chosen]}
 
 
 def _learn_causal(
-    memory: Any,
+    memory: Memory,
     policy: Policy,
     prompts: EmbodiedPrompts,
     state: EmbodiedState,
@@ -488,7 +519,9 @@ def _learn_causal(
     from ponder.memory.insights import causal_prompt, parse_operations, pending_update
 
     ids = state.get("shown_insights", [])
-    shown = [i for i in memory.get_many(ids) if getattr(i, "status", "") == "active"] if ids else []
+    shown = (
+        [i for i in memory.get_many(ids) if isinstance(i, Insight) and i.status == "active"] if ids else []
+    )
     outcome = "success" if trial["success"] else f"failure (score {trial['score']:.0f}/100)"
     text = f"Task: {state['task_text']}\n{format_steps(trial['steps'][-15:])}"
     prompt = causal_prompt(text, outcome, shown, max_chars=1500)
@@ -507,7 +540,7 @@ def _learn_causal(
 
 
 def _rewrite_causal(
-    memory: Any,
+    memory: Memory,
     policy: Policy,
     state: EmbodiedState,
     trial: dict[str, Any],

@@ -48,11 +48,11 @@ import logging
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
-from typing_extensions import TypedDict
+from typing_extensions import Required, TypedDict
 
 from ponder.agents.expel_prompts import (
     BATCH_SIZE,
@@ -66,6 +66,9 @@ from ponder.memory.insights import InsightBook, apply_pending, parse_operations,
 from ponder.memory.records import Experience, Insight, Provenance
 from ponder.memory.retrieval import is_trusted
 from ponder.models.types import Policy, SamplingParams
+
+if TYPE_CHECKING:
+    from ponder.memory import Memory
 
 __all__ = [
     "BATCH_SIZE",
@@ -92,26 +95,29 @@ FULL_MARGIN = 5  # REMOVE counts 3 from max_num_rules + 5 rules on
 
 
 # ---------------------------------------------------------------------------------- the graph
-def insight_book(store: Any, name: str = DEFAULT_SET) -> InsightBook:
+def insight_book(store: Memory, name: str = DEFAULT_SET) -> InsightBook:
     """The book of one extracted set: insights with ``agent="expel"`` and ``run_id=name``."""
     return InsightBook(store, where={"run_id": name, "agent": EXPEL_AGENT})
 
 
-def frozen_insights(store: Any, name: str = DEFAULT_SET) -> list[Insight]:
+def frozen_insights(store: Memory, name: str = DEFAULT_SET) -> list[Insight]:
     """All active rules of an extracted set, most agreed first: what ExpeL shows at evaluation."""
     return insight_book(store, name).active()
 
 
 class ExtractionState(TypedDict, total=False):
-    """The extraction's checkpointed state: the plan, the next step, the update asked for."""
+    """The extraction's checkpointed state: the plan, the next step, the update asked for.
 
-    steps: list[dict[str, Any]]
-    step: int
-    prefix: str
+    ``steps``, ``step`` and ``prefix`` are the input (``Required``); a reducer's key starts out empty.
+    """
+
+    steps: Required[list[dict[str, Any]]]
+    step: Required[int]
+    prefix: Required[str]
     pending: dict[str, Any] | None
-    log: Annotated[list[dict[str, Any]], operator.add]
-    prompt_tokens: Annotated[int, operator.add]
-    completion_tokens: Annotated[int, operator.add]
+    log: Required[Annotated[list[dict[str, Any]], operator.add]]
+    prompt_tokens: Required[Annotated[int, operator.add]]
+    completion_tokens: Required[Annotated[int, operator.add]]
 
 
 def _seed(seed: int, prefix: str, i: int) -> int:
@@ -121,7 +127,7 @@ def _seed(seed: int, prefix: str, i: int) -> int:
 
 def build_extraction(
     policy: Policy,
-    store: Any,
+    store: Memory,
     *,
     name: str = DEFAULT_SET,
     max_rules: int = MAX_RULES,
@@ -246,6 +252,8 @@ def _done_upto(book: InsightBook, prefix: str) -> int:
     """The highest step index this extraction already applied (-1: none); refuses another's set."""
     done, other = -1, set()
     for ins in book.store.list(kind="insight", where=book.where):
+        if not isinstance(ins, Insight):
+            continue
         for ev in ins.history:
             key = str(ev.get("update", ""))
             if key.startswith(prefix + "/"):
@@ -263,7 +271,7 @@ def _done_upto(book: InsightBook, prefix: str) -> int:
 
 
 def extract_insights(
-    store: Any,
+    store: Memory,
     policy: Policy,
     *,
     where: Mapping[str, Any] | None = None,
@@ -295,7 +303,11 @@ def extract_insights(
         An ``ExtractionReport``. Running it again with the same store, seed and settings asks
         nothing and changes nothing.
     """
-    exps = [e for e in store.list(kind="experience", where=where) if is_trusted(e) or not trusted_only]
+    exps = [
+        e
+        for e in store.list(kind="experience", where=where)
+        if isinstance(e, Experience) and (is_trusted(e) or not trusted_only)
+    ]
     if not exps:
         raise ConfigError(
             f"no {'trusted ' if trusted_only else ''}experiences match {dict(where or {})}; run training "

@@ -39,16 +39,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ponder.agents.prompts import ReflexionPrompts, parse_reflection
 from ponder.agents.state import AgentContext, EpisodeState, agent_provenance, remember_reflection
 from ponder.errors import ConfigError
+from ponder.memory.records import Experience, Reflection
 from ponder.memory.retrieval import is_trusted
 from ponder.models.fake import count_tokens
 from ponder.models.types import Policy, SamplingParams
+
+if TYPE_CHECKING:
+    from ponder.memory import Insight, InsightBook, Memory, Provenance, Record
 
 __all__ = [
     "CONCEPT_MODES",
@@ -144,7 +148,7 @@ class MemoryModes:
     """The learning modes one agent uses over one memory store.
 
     Attributes:
-        store: a ``ponder.memory.MemoryStore``.
+        store: any ``ponder.memory.Memory`` (a ``MemoryStore``).
         modes: a subset of ``MEMORY_MODES``.
         policy: writes end-of-episode reflections and insight operations.
         prompts: the agent's prompts (the reflection template is reused).
@@ -168,7 +172,7 @@ class MemoryModes:
         insight_set: the name of the extracted set (``extract_insights(name=...)``).
     """
 
-    store: Any
+    store: Memory
     modes: tuple[str, ...]
     policy: Policy
     prompts: ReflexionPrompts
@@ -217,7 +221,7 @@ class MemoryModes:
         out["memory_notes"] = _budget(notes, self.token_budget)
         return out
 
-    def _shown(self) -> list[Any]:
+    def _shown(self) -> list[Insight]:
         if self.insights == "online":
             return self._book().active(self.k_insights)
         from ponder.agents.expel import frozen_insights
@@ -232,13 +236,14 @@ class MemoryModes:
             )
         return rules
 
-    def _others(self, records: list[Any], ctx: AgentContext) -> list[Any]:
+    def _others(self, records: Sequence[Record], ctx: AgentContext) -> list[Record]:
         mine = (ctx.run_id, ctx.episode_id)
         return [r for r in records if (r.provenance.run_id, r.provenance.episode_id) != mine]
 
     def _similar(self, query: str, kind: str, k: int, where: dict[str, Any] | None = None) -> list[Any]:
         hits = self.store.search(query, kind=kind, k=k, where=where)
-        return [h for h in hits if h.similarity >= self.min_similarity]
+        floor = self.min_similarity or 0.0  # never None after __post_init__
+        return [h for h in hits if h.similarity >= floor]
 
     def _experiences(self, query: str, ctx: AgentContext) -> tuple[list[list[str]], list[str]]:
         exemplars: list[list[str]] = []
@@ -274,7 +279,7 @@ class MemoryModes:
         same = self._others(
             self.store.list(kind="reflection", where={"task_id": task_id}, limit=self.k_reflections + 8), ctx
         )
-        texts = [r.text for r in same]
+        texts = [r.text for r in same if isinstance(r, Reflection)]
         if len(texts) < self.k_reflections:
             # reflections written on *similar tasks*: similarity is judged between the tasks
             # (experience keys), not between a lesson's wording and a question
@@ -285,9 +290,10 @@ class MemoryModes:
                 if h.record.provenance.task_id != task_id and self._others([h.record], ctx)
             ]
             if episodes:
-                found = self.store.list(
+                listed = self.store.list(
                     kind="reflection", where={"episode_id": episodes}, limit=4 * len(episodes)
                 )
+                found = [r for r in listed if isinstance(r, Reflection)]
                 rank = {e: i for i, e in enumerate(episodes)}
                 found.sort(key=lambda r: (rank.get(r.provenance.episode_id, len(rank)), -r.trial))
                 texts += [r.text for r in found]
@@ -295,7 +301,7 @@ class MemoryModes:
 
     # --- learn --------------------------------------------------------------------
     def remember_reflection(
-        self, text: str, state: EpisodeState, trial: dict[str, Any], ctx: AgentContext
+        self, text: str, state: EpisodeState, trial: Mapping[str, Any], ctx: AgentContext
     ) -> None:
         """Store a reflection; one id per (run, episode, trial), so a resumed node overwrites."""
         remember_reflection(self.store, text, trial, ctx, state["task_id"], self.agent, self.policy)
@@ -336,10 +342,10 @@ class MemoryModes:
         success = bool(state.get("success"))
         want = "failure" if success else "success"
         hits = self.store.search(_query(state), kind="experience", k=3, where={"outcome": want})
-        hits = [h for h in hits if self._others([h.record], ctx)]
-        if not hits:
+        found = [h.record for h in hits if isinstance(h.record, Experience) and self._others([h.record], ctx)]
+        if not found:
             return 0, 0, [], None
-        other = hits[0].record
+        other = found[0]
         mine = _episode_as_experience(state, ctx, self.agent)
         successes, failures = ([mine], [other]) if success else ([other], [mine])
         shown = self._book().active(self.k_insights)
@@ -355,22 +361,22 @@ class MemoryModes:
         )
         return c.prompt_tokens, c.completion_tokens, [str(o) for o in ops], pending
 
-    def remember(self, state: dict[str, Any], ctx: AgentContext) -> dict[str, Any]:
+    def remember(self, state: EpisodeState, ctx: AgentContext) -> dict[str, Any]:
         """Apply the insight update ``learn`` left in the state (once, even when this node re-runs)."""
         return remember_insights(self.store, state, ctx)
 
-    def _book(self) -> Any:
+    def _book(self) -> InsightBook:
         """The online book: every insight but an extracted (frozen) ExpeL set, which no run edits."""
         from ponder.agents.expel import EXPEL_AGENT
         from ponder.memory.insights import InsightBook
 
         return InsightBook(self.store, where={"agent": {"$ne": EXPEL_AGENT}})
 
-    def _prov(self, state: EpisodeState, ctx: AgentContext) -> Any:
+    def _prov(self, state: EpisodeState, ctx: AgentContext) -> Provenance:
         return agent_provenance(ctx, state["task_id"], self.agent, self.policy)
 
 
-def remember_insights(store: Any, state: Any, ctx: AgentContext) -> dict[str, Any]:
+def remember_insights(store: Memory, state: Mapping[str, Any], ctx: AgentContext) -> dict[str, Any]:
     """A node's body: apply ``state["pending_insights"]`` (a ``pending_update``, or a CLIN
     ``memory.clin.pending_rewrite``) and clear it.
 
@@ -396,7 +402,7 @@ def _query(state: EpisodeState) -> str:
     return state.get("task_text") or state["observation"]
 
 
-def _episode_as_experience(state: EpisodeState, ctx: AgentContext, agent: str) -> Any:
+def _episode_as_experience(state: EpisodeState, ctx: AgentContext, agent: str) -> Experience:
     """The running episode as an (unsaved) Experience, for comparison prompts."""
     from ponder.memory import Experience, Provenance
 

@@ -38,7 +38,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
@@ -46,8 +46,12 @@ from ponder.agents.prompts import ReflexionPrompts
 from ponder.agents.state import AgentContext
 from ponder.agents.topology import ROLES, check_topology
 from ponder.errors import BudgetExceeded, ConfigError
+from ponder.memory.records import Design
 from ponder.memory.retrieval import quote
 from ponder.models.types import Message, Policy, Prompt, SamplingParams
+
+if TYPE_CHECKING:
+    from ponder.memory import Memory
 
 __all__ = [
     "Evaluation",
@@ -167,15 +171,18 @@ def _design(text: str, level: str, spec: dict[str, Any], ev: Evaluation, iterati
     )
 
 
-def _retrieve(memory: Any, history: list[Any], level: str, query: str, k: int, env: str) -> list[Any]:
+def _retrieve(
+    memory: Memory | None, history: list[Any], level: str, query: str, k: int, env: str
+) -> list[Any]:
     """The best ``k`` designs for this env and level: from memory (earlier searches too) when
     there is one, looking at the top scores and at the designs most similar to ``query``."""
     if memory is None:
         pool = list(history)
     else:
         where = {"level": level, "env": env}
-        pool = memory.list(kind="design", where=where, limit=200)
-        pool += [h.record for h in memory.search(query, kind="design", k=k, where=where)]
+        found = memory.list(kind="design", where=where, limit=200)
+        found += [h.record for h in memory.search(query, kind="design", k=k, where=where)]
+        pool = [d for d in found if isinstance(d, Design)]
     best = sorted({d.id: d for d in pool}.values(), key=lambda d: -d.dev)
     return best[:k]
 
@@ -188,7 +195,7 @@ def _finish(
     heldout: Sequence[str],
     seed: int,
     budget: TokenBudget,
-    memory: Any,
+    memory: Memory | None,
     stopped: bool,
 ) -> OptimizeResult:
     """Score the best design, and the starting one for "before and after", on the held-out tasks
@@ -228,7 +235,7 @@ def _until_spent(history: list[Any]) -> Iterator[list[bool]]:
         stopped.append(True)
 
 
-def _keep(memory: Any, history: list[Any], *designs: Any) -> None:
+def _keep(memory: Memory | None, history: list[Any], *designs: Any) -> None:
     """Record scored designs in the run's history and in memory at once, where the next
     proposal (and the next search) retrieves them; a design scored again is updated."""
     for d in designs:
@@ -287,7 +294,7 @@ def optimize_prompt(
     instruction: str | None = None,
     iterations: int = 4,
     budget: TokenBudget | None = None,
-    memory: Any = None,
+    memory: Memory | None = None,
     seed: int = 0,
     agent_kw: dict[str, Any] | None = None,
     params: SamplingParams | None = None,
@@ -358,10 +365,10 @@ def optimize_modules(
     heldout: Sequence[str] = (),
     space: dict[str, list[Any]] | None = None,
     budget: TokenBudget | None = None,
-    memory: Any = None,
+    memory: Memory | None = None,
     seed: int = 0,
     max_trials: int = 2,
-    make_memory: Callable[[], Any] | None = None,
+    make_memory: Callable[[], Memory] | None = None,
 ) -> OptimizeResult:
     """Successive halving over the module choices in ``space`` (every combination is a design).
 
@@ -425,7 +432,7 @@ def _describe(choice: dict[str, Any]) -> str:
     return "; ".join(f"{k}={json.dumps(v)}" for k, v in choice.items())
 
 
-def _temp_memory() -> Any:
+def _temp_memory() -> Memory:
     import tempfile
 
     from ponder.memory import MemoryStore
@@ -482,7 +489,7 @@ def optimize_team(
     iterations: int = 4,
     max_rounds: int = 2,
     budget: TokenBudget | None = None,
-    memory: Any = None,
+    memory: Memory | None = None,
     seed: int = 0,
     params: SamplingParams | None = None,
 ) -> OptimizeResult:

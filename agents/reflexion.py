@@ -36,17 +36,24 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
+from langgraph.types import Checkpointer
 
 from ponder.agents.memory_nodes import MemoryModes, parse_memory_modes
 from ponder.agents.prompts import ReflexionPrompts, parse_reflection
 from ponder.agents.state import AgentContext, EpisodeState, grade, start_single_step
+from ponder.environments.base import AgentTestsEnv
 from ponder.errors import ConfigError
-from ponder.models.types import Policy, SamplingParams
+from ponder.models.types import Policy, Prompt, SamplingParams
+
+if TYPE_CHECKING:
+    from ponder.agents.search_agent import SearchActor
+    from ponder.memory import Memory
 
 __all__ = [
     "build_reflexion",
@@ -77,14 +84,16 @@ def route_after_evaluate(
 
 def evaluate_attempt(state: EpisodeState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     """Grade ``state["attempt"]`` in the env and append the trial (a graph node)."""
-    if state.get("agent_tests"):  # a resumed episode has a new env: give it the tests again
-        runtime.context.env.set_agent_tests(state["task_id"], state["agent_tests"])
+    env = runtime.context.env
+    # a resumed episode has a new env: give it the tests again
+    if (tests := state.get("agent_tests")) and isinstance(env, AgentTestsEnv):
+        env.set_agent_tests(state["task_id"], tests)
     p_tok, c_tok = state.get("attempt_tokens", (0, 0))
     trial = len(state.get("trials", []))
     record: Any = grade(
         runtime.context,
         state["task_id"],
-        state["attempt"],
+        state.get("attempt", ""),
         trial,
         prompt_tokens=p_tok,
         completion_tokens=c_tok,
@@ -97,20 +106,20 @@ def _build(
     *,
     reflect: bool,
     show_feedback: bool,
-    memory: Any = None,
+    memory: Memory | None = None,
     max_trials: int = 3,
     prompts: ReflexionPrompts | None = None,
     params: SamplingParams | None = None,
     reflect_params: SamplingParams | None = None,
     memory_modes: str | Sequence[str] = (),
     memory_k: int = 3,
-    actor_search: Any = None,
+    actor_search: SearchActor | None = None,
     agent_tests: int = 0,
-    insights: str = "online",
+    insights: Literal["online", "frozen"] = "online",
     insight_set: str = "expel",
-    checkpointer: Any = None,
+    checkpointer: Checkpointer = None,
     name: str,
-) -> Any:
+) -> CompiledStateGraph[EpisodeState, AgentContext, Any, Any]:
     if max_trials < 1:
         raise ConfigError(f"max_trials must be >= 1, got {max_trials}")
     if agent_tests < 0:
@@ -138,7 +147,7 @@ def _build(
         recalled = mem.recall(task_id, start["task_text"], runtime.context) if mem is not None else {}
         out = {**start, "success": False, **recalled}
         env = runtime.context.env
-        if agent_tests and hasattr(env, "set_agent_tests"):  # Reflexion writes its own unit tests
+        if agent_tests and isinstance(env, AgentTestsEnv):  # Reflexion writes its own unit tests
             seed = trial_seed(runtime.context.seed + 3, task_id, 0)
             prompt = prompts.write_tests(start["observation"], agent_tests)
             c = policy.generate(
@@ -209,7 +218,7 @@ def _build(
     g.add_edge(START, "observe")
     g.add_edge("observe", "act")
     g.add_edge("act", "evaluate")
-    targets = {"end": END, "act": "act"}
+    targets: dict[Hashable, str] = {"end": END, "act": "act"}
     if reflect:
         g.add_node("reflect", reflect_node)
         g.add_edge("reflect", "act")
@@ -226,7 +235,7 @@ def _build(
 
 
 def _search_act(
-    actor: Any, prompt: Any, state: EpisodeState, ctx: AgentContext, seed: int, trial: int
+    actor: SearchActor, prompt: Prompt, state: EpisodeState, ctx: AgentContext, seed: int, trial: int
 ) -> dict[str, Any]:
     """The actor as a search (``SearchActor``) on the Reflexion prompt, written step by step."""
     from ponder.agents.search_agent import actor_prompt_for_search
@@ -236,45 +245,129 @@ def _search_act(
     return actor.attempt(ctx.env, state["task_id"], prompt, question, seed=seed, ctx=ctx, trial=trial)
 
 
-def build_reflexion(policy: Policy, *, memory: Any = None, max_trials: int = 3, **kw: Any) -> Any:
+def build_reflexion(
+    policy: Policy,
+    *,
+    memory: Memory | None = None,
+    max_trials: int = 3,
+    prompts: ReflexionPrompts | None = None,
+    params: SamplingParams | None = None,
+    reflect_params: SamplingParams | None = None,
+    memory_modes: str | Sequence[str] = (),
+    memory_k: int = 3,
+    actor_search: SearchActor | None = None,
+    agent_tests: int = 0,
+    insights: Literal["online", "frozen"] = "online",
+    insight_set: str = "expel",
+    checkpointer: Checkpointer = None,
+) -> CompiledStateGraph[EpisodeState, AgentContext, Any, Any]:
     """A compiled Reflexion graph: act, evaluate, reflect on failure, retry with the reflection.
 
     Args:
         policy: any ``ponder.models.Policy``.
-        memory: a ``ponder.memory.MemoryStore``; reflections are written to it, and
-            reflections on the same task from earlier runs are recalled (as quoted data).
+        memory: any ``ponder.memory.Memory`` (a ``MemoryStore``); reflections are written to it,
+            and reflections on the same task from earlier runs are recalled (as quoted data).
         max_trials: attempts per task, the first included.
-        **kw: ``prompts`` (``ReflexionPrompts``), ``params`` / ``reflect_params``
-            (``SamplingParams``), ``memory_k`` (reflections recalled), ``memory_modes``,
-            ``actor_search`` (a ``ponder.agents.search_agent.SearchActor``: each attempt is a
-            PRM-guided search on the reflection-augmented prompt), ``agent_tests`` (unit
-            tests the model writes for itself first, in envs that run them: HumanEval),
-            ``insights`` (``"online"``: ExpeL-style extraction after each episode; ``"frozen"``:
-            recall the ExpeL set ``insight_set``, see ``ponder.agents.expel``), ``checkpointer``.
+        prompts: ``ReflexionPrompts``.
+        params: sampling of each attempt.
+        reflect_params: sampling of reflections, insight operations and agent-written tests.
+        memory_modes: with ``memory``: ``experiential``, ``reflective``, ``concept``
+            (``ponder.agents.memory_nodes``).
+        memory_k: reflections recalled.
+        actor_search: a ``ponder.agents.search_agent.SearchActor``: each attempt is a PRM-guided
+            search on the reflection-augmented prompt.
+        agent_tests: unit tests the model writes for itself first, in envs that run them
+            (``AgentTestsEnv``: HumanEval); 0 writes none.
+        insights: the ``concept`` mode: ``"online"`` (ExpeL-style extraction after each episode) or
+            ``"frozen"`` (recall the ExpeL set ``insight_set``, see ``ponder.agents.expel``).
+        insight_set: the extracted set's name (``insights="frozen"``).
+        checkpointer: a LangGraph checkpointer (``SqliteSaver``), for resuming.
 
     Invoke with ``{"task_id": ...}`` and ``context=AgentContext(env=...)``.
     """
     return _build(
-        policy, reflect=True, show_feedback=True, memory=memory, max_trials=max_trials, name="reflexion", **kw
+        policy,
+        reflect=True,
+        show_feedback=True,
+        memory=memory,
+        max_trials=max_trials,
+        prompts=prompts,
+        params=params,
+        reflect_params=reflect_params,
+        memory_modes=memory_modes,
+        memory_k=memory_k,
+        actor_search=actor_search,
+        agent_tests=agent_tests,
+        insights=insights,
+        insight_set=insight_set,
+        checkpointer=checkpointer,
+        name="reflexion",
     )
 
 
-def build_retry(policy: Policy, *, memory: Any = None, max_trials: int = 3, **kw: Any) -> Any:
+def build_retry(
+    policy: Policy,
+    *,
+    memory: Memory | None = None,
+    max_trials: int = 3,
+    prompts: ReflexionPrompts | None = None,
+    params: SamplingParams | None = None,
+    reflect_params: SamplingParams | None = None,
+    memory_modes: str | Sequence[str] = (),
+    memory_k: int = 3,
+    actor_search: SearchActor | None = None,
+    agent_tests: int = 0,
+    insights: Literal["online", "frozen"] = "online",
+    insight_set: str = "expel",
+    checkpointer: Checkpointer = None,
+) -> CompiledStateGraph[EpisodeState, AgentContext, Any, Any]:
     """The baseline with no feedback: the loop of ``build_reflexion`` resampling blind (no
     previous attempt, no feedback, no reflection). Stops on success like the others.
 
-    ``memory`` is accepted for a uniform signature and not used.
+    The options are ``build_reflexion``'s; ``memory`` is accepted for a uniform signature and not
+    used (so neither are ``memory_modes``, ``memory_k``, ``insights`` and ``insight_set``).
     """
     return _build(
-        policy, reflect=False, show_feedback=False, memory=None, max_trials=max_trials, name="retry", **kw
+        policy,
+        reflect=False,
+        show_feedback=False,
+        memory=None,
+        max_trials=max_trials,
+        prompts=prompts,
+        params=params,
+        reflect_params=reflect_params,
+        memory_modes=memory_modes,
+        memory_k=memory_k,
+        actor_search=actor_search,
+        agent_tests=agent_tests,
+        insights=insights,
+        insight_set=insight_set,
+        checkpointer=checkpointer,
+        name="retry",
     )
 
 
-def build_retry_feedback(policy: Policy, *, memory: Any = None, max_trials: int = 3, **kw: Any) -> Any:
+def build_retry_feedback(
+    policy: Policy,
+    *,
+    memory: Memory | None = None,
+    max_trials: int = 3,
+    prompts: ReflexionPrompts | None = None,
+    params: SamplingParams | None = None,
+    reflect_params: SamplingParams | None = None,
+    memory_modes: str | Sequence[str] = (),
+    memory_k: int = 3,
+    actor_search: SearchActor | None = None,
+    agent_tests: int = 0,
+    insights: Literal["online", "frozen"] = "online",
+    insight_set: str = "expel",
+    checkpointer: Checkpointer = None,
+) -> CompiledStateGraph[EpisodeState, AgentContext, Any, Any]:
     """Reflexion's ablation: each attempt sees the previous attempt and its feedback, and no
     reflection is written. Reflexion minus this is what self-reflection adds.
 
-    ``memory`` is accepted for a uniform signature and not used.
+    The options are ``build_reflexion``'s; ``memory`` is accepted for a uniform signature and not
+    used (so neither are ``memory_modes``, ``memory_k``, ``insights`` and ``insight_set``).
     """
     return _build(
         policy,
@@ -282,6 +375,15 @@ def build_retry_feedback(policy: Policy, *, memory: Any = None, max_trials: int 
         show_feedback=True,
         memory=None,
         max_trials=max_trials,
+        prompts=prompts,
+        params=params,
+        reflect_params=reflect_params,
+        memory_modes=memory_modes,
+        memory_k=memory_k,
+        actor_search=actor_search,
+        agent_tests=agent_tests,
+        insights=insights,
+        insight_set=insight_set,
+        checkpointer=checkpointer,
         name="retry-feedback",
-        **kw,
     )

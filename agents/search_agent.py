@@ -8,9 +8,13 @@ the search chose. With ``max_trials > 1`` a failed search is searched again with
 one search on a prompt, saves the tree the search explored next to the run (JSON, and a PNG
 for the first episodes), and returns the chosen solution with what it cost.
 
+The PRM is an object (``make_prm`` builds one from a name or folder). A PRM that needs the task
+(``ponder.models.prm.PerTaskPRM``: the verifier, ``make_prm("verifier")``) is bound to each task
+(``prm.bind(env.verifier(task_id))``) before its search.
+
 Each search's summary (``episode["searches"]``) says whether it was an ORACLE search:
 ``"oracle": True`` when the gold answer took part in a decision inside the search (the
-``"verifier"`` PRM, LATS' env reward, MCTS with ``use_env_reward``), with the reasons in
+verifier PRM, LATS' env reward, MCTS with ``use_env_reward``), with the reasons in
 ``"oracle_sources"``. The environment's grading of the answer the search returned is the
 episode's outcome, not part of the search, and does not count.
 
@@ -38,24 +42,28 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
+from langgraph.types import Checkpointer
 
 from ponder.agents.state import AgentContext, EpisodeState
 from ponder.errors import ConfigError, UnknownName
+from ponder.models.prm import PRM, Evaluate, PerTaskPRM
 from ponder.models.types import Policy, Prompt, SamplingParams
+
+if TYPE_CHECKING:
+    from ponder.environments.base import TextEnv
+    from ponder.memory import Memory
 
 __all__ = ["SearchActor", "build_search_agent", "check_search_settings"]
 
 log = logging.getLogger(__name__)
-
-#: a PRM, a name the actor resolves per task ("verifier"), or None
-PRMSpec = Any
 
 
 @dataclass
@@ -64,9 +72,10 @@ class SearchActor:
 
     Attributes:
         policy: generates the steps.
-        prm: a PRM, ``"verifier"`` (the env's verifier as outcome reward, per task: an ORACLE,
-            it reads the gold answer; for upper bounds, not for honest results) or None
-            (algorithms that need no PRM: ``majority``, ``lats`` with its LM value).
+        prm: a PRM; a ``PerTaskPRM`` is bound to each task first (``make_prm("verifier")``: the
+            env's verifier as outcome reward, an ORACLE, it reads the gold answer; for upper
+            bounds, not for honest results); or None (algorithms that need no PRM: ``majority``,
+            ``lats`` with its LM value).
         algorithm: a name in ``ponder.search.ALGORITHMS``.
         n: the algorithm's width (samples, beams x width, ...).
         options: extra keyword options of the algorithm (``beam_width``, ``iterations``, ...).
@@ -80,7 +89,7 @@ class SearchActor:
     """
 
     policy: Policy
-    prm: PRMSpec = None
+    prm: PRM | None = None
     algorithm: str = "beam"
     n: int = 8
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -93,11 +102,13 @@ class SearchActor:
     draw_trees: int = 3
 
     def __post_init__(self) -> None:
+        if isinstance(self.prm, str):  # not a PRM: tell the caller how to build one
+            raise ConfigError(f"prm must be a PRM object or None, got {self.prm!r}; build it with make_prm")
         check_search_settings(self.algorithm, has_prm=self.prm is not None, n=self.n, budget=self.budget)
 
     def search(
         self,
-        env: Any,
+        env: TextEnv,
         task_id: str,
         prompt: Prompt,
         question: str,
@@ -152,9 +163,19 @@ class SearchActor:
                     log.warning("could not draw the search tree of %s: %s", stem, e)
         return result.text, summary
 
-    def attempt(self, *args: Any, **kw: Any) -> dict[str, Any]:
+    def attempt(
+        self,
+        env: TextEnv,
+        task_id: str,
+        prompt: Prompt,
+        question: str,
+        *,
+        seed: int,
+        ctx: AgentContext,
+        trial: int,
+    ) -> dict[str, Any]:
         """``search(...)`` as a graph state update: the attempt, its tokens, the search summary."""
-        text, summary = self.search(*args, **kw)
+        text, summary = self.search(env, task_id, prompt, question, seed=seed, ctx=ctx, trial=trial)
         tokens = (summary["budget"]["prompt_tokens"], summary["budget"]["generated_tokens"])
         return {
             "attempt": text,
@@ -164,13 +185,10 @@ class SearchActor:
             "searches": [summary],
         }
 
-    def _prm_for(self, evaluate: Callable[[str], tuple[bool, str]], reads_answer: bool = True) -> Any:
-        if isinstance(self.prm, str):
-            if self.prm == "verifier":
-                from ponder.models.prm_oracle import VerifierPRM
-
-                return VerifierPRM(evaluate, oracle=reads_answer)
-            raise ConfigError(f"unknown PRM name {self.prm!r}; pass a PRM object, 'verifier' or None")
+    def _prm_for(self, evaluate: Evaluate, reads_answer: bool = True) -> PRM | None:
+        """The PRM of one task: a ``PerTaskPRM`` bound to its ``evaluate``, any other PRM as it is."""
+        if isinstance(self.prm, PerTaskPRM):
+            return self.prm.bind(evaluate, oracle=reads_answer)
         return self.prm
 
 
@@ -198,7 +216,7 @@ def _safe(name: str) -> str:
 
 def build_search_agent(
     policy: Policy,
-    prm: PRMSpec = None,
+    prm: PRM | str | None = None,
     *,
     algorithm: str = "beam",
     n: int = 8,
@@ -208,15 +226,17 @@ def build_search_agent(
     params: SamplingParams | None = None,
     max_steps: int = 8,
     separator: str = "\n\n",
-    memory: Any = None,
-    checkpointer: Any = None,
-) -> Any:
+    memory: Memory | None = None,
+    checkpointer: Checkpointer = None,
+) -> CompiledStateGraph[EpisodeState, AgentContext, Any, Any]:
     """A compiled graph that answers each task with a PRM-guided search.
 
     Args:
         policy: any ``ponder.models.Policy``.
-        prm: a PRM (``ponder.models.HFPRM(path)``, ``ValueHeadPRM``, ``LLMJudgePRM``...),
-            ``"verifier"`` (an oracle: reads the gold answer) or None for PRM-free algorithms.
+        prm: a PRM (``ponder.models.HFPRM(path)``, ``ValueHeadPRM``, ``LLMJudgePRM``,
+            ``VerifierPRM.per_task()``: an oracle, reads the gold answer), a name or folder
+            ``make_prm`` builds one from (``"verifier"``, ``"judge"``), or None for PRM-free
+            algorithms.
         algorithm: a name in ``ponder.search.ALGORITHMS``.
         n: the search width.
         budget: generated tokens per search at most.
@@ -226,6 +246,7 @@ def build_search_agent(
         max_steps: steps per solution at most.
         separator: between steps.
         memory: accepted for a uniform agent signature; not used.
+        checkpointer: a LangGraph checkpointer (``SqliteSaver``), for resuming.
 
     Invoke with ``{"task_id": ...}`` and ``context=AgentContext(env=...)``; set
     ``AgentContext.artifacts`` to a directory to keep every search tree (``trees/*.json``).
@@ -235,6 +256,10 @@ def build_search_agent(
 
     if max_trials < 1:
         raise ConfigError(f"max_trials must be >= 1, got {max_trials}")
+    if isinstance(prm, str):
+        from ponder.models.factory import make_prm
+
+        prm = make_prm(prm, policy=policy)
     actor = SearchActor(
         policy,
         prm,
@@ -284,7 +309,7 @@ def build_search_agent(
     return g.compile(checkpointer=checkpointer, name="search")
 
 
-def actor_prompt_for_search(prompt: Prompt, env: Any, task_id: str, separator: str) -> Prompt:
+def actor_prompt_for_search(prompt: Prompt, env: TextEnv, task_id: str, separator: str) -> Prompt:
     """Reflexion's actor prompt turned into a step-by-step one: the step system message, and the
     env's worked examples written as steps in place of the plain ones."""
     from ponder.search.prompts import STEP_SYSTEM

@@ -8,14 +8,18 @@ context, so one compiled graph serves many episodes at once.
 from __future__ import annotations
 
 import operator
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from typing_extensions import TypedDict
+from typing_extensions import Required, TypedDict
 
 from ponder.environments.base import TextEnv
 from ponder.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ponder.memory import Memory, Provenance
 
 __all__ = [
     "AgentContext",
@@ -45,12 +49,15 @@ class EpisodeState(TypedDict, total=False):
     """What a Reflexion-family graph carries from node to node (and checkpoints).
 
     Lists and token counts have ``operator.add`` reducers: nodes return only what they add.
+    ``Required`` keys are there for every node after the first: ``task_id`` is the input,
+    ``observation`` and ``task_text`` are what the first node writes, and a reducer's key starts
+    out empty (``[]``, ``0``). The rest appear when a node writes them.
     """
 
-    task_id: str
-    observation: str
+    task_id: Required[str]
+    observation: Required[str]
     #: the observation without instructions every task shares: memory's search key
-    task_text: str
+    task_text: Required[str]
     #: retrieved from memory (earlier runs): quoted to the model as data, never as instructions
     memory_notes: list[str]
     #: [task, answer] worked examples the env provides for this task
@@ -69,29 +76,32 @@ class EpisodeState(TypedDict, total=False):
     #: the current attempt, before it is evaluated
     attempt: str
     attempt_tokens: tuple[int, int]
-    trials: Annotated[list[TrialRecord], operator.add]
-    reflections: Annotated[list[str], operator.add]
+    trials: Required[Annotated[list[TrialRecord], operator.add]]
+    reflections: Required[Annotated[list[str], operator.add]]
     success: bool
     #: one summary per search an actor ran (algorithm, answer, score, budget, tree file)
-    searches: Annotated[list[dict[str, Any]], operator.add]
-    prompt_tokens: Annotated[int, operator.add]
-    completion_tokens: Annotated[int, operator.add]
+    searches: Required[Annotated[list[dict[str, Any]], operator.add]]
+    prompt_tokens: Required[Annotated[int, operator.add]]
+    completion_tokens: Required[Annotated[int, operator.add]]
 
 
 class MultiAgentState(TypedDict, total=False):
-    """What the debate and team graphs share: every agent's message, the answer, the verdict."""
+    """What the debate and team graphs share: every agent's message, the answer, the verdict.
 
-    task_id: str
-    observation: str
-    task_text: str
+    ``Required`` keys are there for every node after the first (see ``EpisodeState``).
+    """
+
+    task_id: Required[str]
+    observation: Required[str]
+    task_text: Required[str]
     examples: list[list[str]]
-    messages: Annotated[list[dict[str, Any]], operator.add]
+    messages: Required[Annotated[list[dict[str, Any]], operator.add]]
     answer: str | None
     final: str
     success: bool
-    trials: Annotated[list[dict[str, Any]], operator.add]
-    prompt_tokens: Annotated[int, operator.add]
-    completion_tokens: Annotated[int, operator.add]
+    trials: Required[Annotated[list[dict[str, Any]], operator.add]]
+    prompt_tokens: Required[Annotated[int, operator.add]]
+    completion_tokens: Required[Annotated[int, operator.add]]
 
 
 @dataclass
@@ -145,7 +155,7 @@ def grade(ctx: AgentContext, task_id: str, answer: str, trial: int, **extra: Any
     }
 
 
-def agent_provenance(ctx: AgentContext, task_id: str, agent: str, policy: Any = None) -> Any:
+def agent_provenance(ctx: AgentContext, task_id: str, agent: str, policy: Any = None) -> Provenance:
     """Provenance of text an agent wrote in this episode (untrusted: model text never is)."""
     from ponder.memory import Provenance
 
@@ -162,9 +172,9 @@ def agent_provenance(ctx: AgentContext, task_id: str, agent: str, policy: Any = 
 
 
 def remember_reflection(
-    memory: Any,
+    memory: Memory,
     text: str,
-    trial: dict[str, Any],
+    trial: Mapping[str, Any],
     ctx: AgentContext,
     task_id: str,
     agent: str,

@@ -32,20 +32,26 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import networkx as nx
 from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
+from langgraph.types import Checkpointer
 
 from ponder.agents.debate import _generate, majority_answer
 from ponder.agents.reflexion import trial_seed
 from ponder.agents.state import AgentContext, MultiAgentState, grade, remember_reflection, start_single_step
 from ponder.agents.topology import ROLES, check_topology, outputs, schedule
 from ponder.errors import ConfigError
+from ponder.memory.records import Reflection
 from ponder.memory.retrieval import quote
 from ponder.models.types import Message, Policy, Prompt, SamplingParams
+
+if TYPE_CHECKING:
+    from ponder.memory import Memory
 
 __all__ = ["TeamState", "build_team", "build_team_agent", "parse_advice"]
 
@@ -88,24 +94,28 @@ def build_team(
     policy_or_policies: Policy | Sequence[Policy],
     *,
     max_rounds: int | None = None,
-    memory: Any = None,
+    memory: Memory | None = None,
     memory_scope: Literal["agent", "team"] = "agent",
     max_trials: int = 1,
     reflect: bool = True,
     params: SamplingParams | None = None,
     name: str = "team",
-    checkpointer: Any = None,
-) -> Any:
+    checkpointer: Checkpointer = None,
+) -> CompiledStateGraph[TeamState, AgentContext, Any, Any]:
     """A compiled LangGraph graph of a team on ``topology`` (see the module docstring).
 
     Args:
         topology: a ``networkx.DiGraph`` (``agents.topology.make_topology`` builds the usual ones).
         policy_or_policies: one policy, or a list that nodes index with their ``policy`` attribute.
         max_rounds: how often a cycle of the graph runs; required when the graph has one.
-        memory: a ``MemoryStore`` for the advice of team reflection (and its recall).
+        memory: any ``ponder.memory.Memory`` (a ``MemoryStore``) for the advice of team reflection
+            (and its recall).
         memory_scope: ``agent`` (each agent its own advice) or ``team`` (shared by all agents).
         max_trials: team attempts; after a failure the team reflects (if ``reflect``) and retries.
+        reflect: after a failed trial, advise each agent (team reflection); False retries blind.
         params: sampling for every agent's message.
+        name: the graph's name (and the prefix of each agent's name in provenance).
+        checkpointer: a LangGraph checkpointer (``SqliteSaver``), for resuming.
     """
     policies = list(policy_or_policies) if isinstance(policy_or_policies, Sequence) else [policy_or_policies]
     check_topology(topology, max_rounds=max_rounds, n_policies=len(policies))
@@ -210,7 +220,7 @@ def build_team(
         record = grade(
             runtime.context,
             state["task_id"],
-            state["final"],
+            state.get("final", ""),
             trial,
             prompt_tokens=sum(m["prompt_tokens"] for m in msgs),
             completion_tokens=sum(m["completion_tokens"] for m in msgs),
@@ -277,17 +287,43 @@ def build_team_agent(
     topology: str | nx.DiGraph = "star",
     n_agents: int = 3,
     rounds: int = 2,
-    **kw: Any,
-) -> Any:
+    seed: int = 0,
+    memory: Memory | None = None,
+    memory_scope: Literal["agent", "team"] = "agent",
+    max_trials: int = 1,
+    reflect: bool = True,
+    params: SamplingParams | None = None,
+    name: str = "team",
+    checkpointer: Checkpointer = None,
+) -> CompiledStateGraph[TeamState, AgentContext, Any, Any]:
     """``build_team`` with a built-in topology by name (what ``ponder run --agent team`` builds).
 
-    ``rounds`` bounds the cycles of topologies that have them (``mesh``).
+    Args:
+        policy: one policy, or a list that nodes index with their ``policy`` attribute.
+        topology: a name in ``agents.topology.TOPOLOGIES``, or a ``networkx.DiGraph``.
+        n_agents: agents of a named topology.
+        rounds: bounds the cycles of topologies that have them (``mesh``).
+        seed: the seed of a named topology that is drawn (``random``).
+        memory, memory_scope, max_trials, reflect, params, name, checkpointer: as for ``build_team``.
+
+    The graph carries its topology as ``graph.topology`` (the runner draws it).
     """
     from ponder.agents.topology import make_topology
 
-    g = make_topology(topology, n_agents, seed=kw.pop("seed", 0)) if isinstance(topology, str) else topology
-    graph = build_team(g, policy, max_rounds=rounds, **kw)
-    graph.topology = g  # for the runner's picture of it
+    g = make_topology(topology, n_agents, seed=seed) if isinstance(topology, str) else topology
+    graph = build_team(
+        g,
+        policy,
+        max_rounds=rounds,
+        memory=memory,
+        memory_scope=memory_scope,
+        max_trials=max_trials,
+        reflect=reflect,
+        params=params,
+        name=name,
+        checkpointer=checkpointer,
+    )
+    cast(Any, graph).topology = g  # an attribute of this graph only, for the runner's picture of it
     return graph
 
 
@@ -303,10 +339,11 @@ def _run_subgraph(agent: Any, task_id: str, ctx: AgentContext) -> tuple[str, int
     return str(text), int(out.get("prompt_tokens", 0)), int(out.get("completion_tokens", 0))
 
 
-def _recall_advice(memory: Any, agents: list[str]) -> dict[str, list[str]]:
+def _recall_advice(memory: Memory, agents: list[str]) -> dict[str, list[str]]:
     """Advice stored by earlier episodes, per agent (any task), newest last; the ``scope``
     decides later who reads whose (``prompt_for``)."""
-    found = memory.list(kind="reflection", where={"agent": agents}, limit=8 * len(agents))
+    listed = memory.list(kind="reflection", where={"agent": agents}, limit=8 * len(agents))
+    found = [r for r in listed if isinstance(r, Reflection)]
     found.sort(key=lambda r: r.provenance.created_at)
     out: dict[str, list[str]] = {}
     for r in found:
@@ -315,7 +352,12 @@ def _recall_advice(memory: Any, agents: list[str]) -> dict[str, list[str]]:
 
 
 def _store_advice(
-    memory: Any, advice: dict[str, str], state: TeamState, trial: dict[str, Any], ctx: AgentContext, who: Any
+    memory: Memory,
+    advice: Mapping[str, str],
+    state: TeamState,
+    trial: Mapping[str, Any],
+    ctx: AgentContext,
+    who: Callable[[str], str],
 ) -> None:
     for node, text in advice.items():
         remember_reflection(memory, text, trial, ctx, state["task_id"], who(node), part=f"/{node}")

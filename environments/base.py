@@ -24,15 +24,18 @@ from __future__ import annotations
 
 import re
 from abc import abstractmethod
-from collections.abc import Callable
-from typing import Any, ClassVar, SupportsFloat
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, SupportsFloat, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
 
 from ponder.errors import ConfigError, EnvError, UnknownName
 
-__all__ = ["FEEDBACK_LEVELS", "AnyText", "StepResult", "TextEnv", "check_feedback"]
+if TYPE_CHECKING:
+    from ponder.environments.humaneval_tests import VisibleTest
+
+__all__ = ["FEEDBACK_LEVELS", "AgentTestsEnv", "AnyText", "StepResult", "TextEnv", "check_feedback"]
 
 StepResult = tuple[str, SupportsFloat, bool, bool, dict[str, Any]]
 
@@ -83,7 +86,8 @@ class TextEnv(gym.Env[str, str]):
     name: ClassVar[str] = "text-env"
     #: True when one action ends the episode (the answer is graded at once).
     single_step: ClassVar[bool] = False
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
+    # typed as gym.Env types it (an instance attribute with a class default), so not a ClassVar
+    metadata: dict[str, Any] = {"render_modes": ["ansi"]}  # noqa: RUF012
     #: verbs of actions that cannot be undone (ScienceWorld's "focus on"): an agent takes such an
     #: action only when the model wrote that verb, never as the nearest guess to other text
     guarded_verbs: ClassVar[tuple[str, ...]] = ()
@@ -242,3 +246,14 @@ class TextEnv(gym.Env[str, str]):
     @property
     def rng(self) -> np.random.Generator:
         return self.np_random
+
+
+@runtime_checkable
+class AgentTestsEnv(Protocol):
+    """An env that also runs unit tests the agent wrote for itself (HumanEval), as Reflexion's
+    programming agent does: ``isinstance(env, AgentTestsEnv)`` says whether it can."""
+
+    def set_agent_tests(self, task_id: str, text: str) -> Sequence[VisibleTest]:
+        """Read ``assert f(...) == ...`` lines from ``text`` into ``task_id``'s visible tests, for
+        every later step on that task; returns the tests that could be read."""
+        ...

@@ -172,7 +172,8 @@ class HumanEvalEnv(TextEnv):
             )
         if isolation == "rlimits":
             _warn_rlimits()
-        self.timeout, self.memory_mb, self.isolation = float(timeout), int(memory_mb), isolation
+        self.timeout, self.memory_mb = float(timeout), int(memory_mb)
+        self.isolation: Literal["auto", "namespaces", "rlimits"] = isolation
         self._agent_tests: dict[str, list[VisibleTest]] = {}
 
     def task_ids(self) -> list[str]:

@@ -28,6 +28,7 @@ import linecache
 import os
 import sys
 import traceback
+from typing import Any
 
 FROM_PEER, TO_PEER, VERDICT = 3, 4, 5
 MAX_LINE = 16 << 20  # a reply larger than this is refused, not read: T must not run out of memory
@@ -54,7 +55,7 @@ def enc(x, depth: int = 0):
     raise TypeError(f"return a plain built-in value (int, str, list, ...), not {t.__name__}")
 
 
-def dec(x):
+def dec(x: Any) -> Any:
     if x is None or type(x) in (bool, int, float, str):
         return x
     if type(x) is not dict or len(x) != 1:
@@ -94,7 +95,7 @@ def serve(source: str, entry: str) -> None:
         wf.write(json.dumps(msg).encode() + b"\n")
         wf.flush()
 
-    g = {"__name__": "__candidate__"}
+    g: dict[str, Any] = {"__name__": "__candidate__"}
     try:
         exec(compile(source, "candidate.py", "exec"), g)
         if not callable(g.get(entry)):
@@ -158,7 +159,7 @@ def judge() -> None:
         receive()
     except Exception as e:
         report(False, "your code failed before the tests ran:\n" + tb_text(e, "test.py"))
-    t = {"__name__": "__test__"}
+    t: dict[str, Any] = {"__name__": "__test__"}
     try:
         exec(compile(task["prompt"], "prompt.py", "exec"), t)
         t[entry] = proxy

@@ -208,12 +208,14 @@ def run_python(
     Returns:
         A ``SandboxResult``; a failing or hostile program is a result, not an exception.
     """
-    limits = dict(timeout=timeout, memory_mb=memory_mb, max_procs=max_procs, max_file_mb=max_file_mb)
-    iso = _resolve(isolation, (*limits.values(), max_output, disk_mb))
+    iso = _resolve(isolation, (timeout, memory_mb, max_procs, max_file_mb, max_output, disk_mb))
     return _run(
         [("sandbox", source, _PROGRAM)],
         iso,
-        **limits,
+        timeout=timeout,
+        memory_mb=memory_mb,
+        max_procs=max_procs,
+        max_file_mb=max_file_mb,
         max_output=max_output,
         env=env,
         stdin=stdin,
@@ -253,14 +255,16 @@ def run_judged(
         >>> run_judged("print('hi')", judge, "the tests").verdict
         'fine'
     """
-    limits = dict(timeout=timeout, memory_mb=memory_mb, max_procs=max_procs, max_file_mb=max_file_mb)
-    iso = _resolve(isolation, (*limits.values(), max_output, disk_mb))
+    iso = _resolve(isolation, (timeout, memory_mb, max_procs, max_file_mb, max_output, disk_mb))
     token = secrets.token_hex(16)  # a same-uid candidate (rlimits) could write to our end of the pipe
     verdict = os.pipe()  # _run closes both ends
     r = _run(
         [("judge", judge, [*_JUDGE, (_VERDICT_FD, verdict[1])]), ("sandbox", candidate, _CANDIDATE)],
         iso,
-        **limits,
+        timeout=timeout,
+        memory_mb=memory_mb,
+        max_procs=max_procs,
+        max_file_mb=max_file_mb,
         max_output=max_output,
         stdin=f"{token}\n{secret}",
         disk_mb=disk_mb,

@@ -73,13 +73,15 @@ def communicate(
         stdout and stderr captures, whether the deadline hit, whether output flooded
         (stdout plus stderr over ``max(16 * max_output, 1 MiB)``).
     """
+    pipe_in, pipe_out, pipe_err = proc.stdin, proc.stdout, proc.stderr
+    assert pipe_in is not None and pipe_out is not None and pipe_err is not None, "start it with PIPEs"
     if stdin:
         data = stdin.encode() if isinstance(stdin, str) else stdin
-        threading.Thread(target=_feed, args=(proc.stdin, data), daemon=True).start()
+        threading.Thread(target=_feed, args=(pipe_in, data), daemon=True).start()
     else:
-        proc.stdin.close()
+        pipe_in.close()
     out, err = Capture(max_output), Capture(max_output)
-    caps = {proc.stdout.fileno(): out, proc.stderr.fileno(): err, **(extra or {})}
+    caps = {pipe_out.fileno(): out, pipe_err.fileno(): err, **(extra or {})}
     flood_limit = max(16 * max_output, 1 << 20)
     timed_out = flooded = False
     with selectors.DefaultSelector() as sel:
@@ -100,8 +102,8 @@ def communicate(
             if _exited(proc):  # leftovers (rlimits mode) may hold the pipes open: allow them 1 s
                 deadline = min(deadline, time.monotonic() + 1.0)
     kill_tree(proc, base)
-    proc.stdout.close()
-    proc.stderr.close()
+    pipe_out.close()
+    pipe_err.close()
     return out, err, timed_out, flooded
 
 

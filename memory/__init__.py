@@ -2,7 +2,8 @@
 
 Records (``Reflection``, ``Experience``, ``Insight``) carry ``Provenance`` and need nothing but the
 standard library. ``MemoryStore`` (Chroma) and the embedding functions load on first use, so
-``from ponder.memory import Reflection`` works without the ``memory`` extra.
+``from ponder.memory import Reflection`` works without the ``memory`` extra. Agents depend on the
+``Memory`` protocol (``ponder.memory.protocol``), which ``MemoryStore`` satisfies.
 
 Example:
     >>> import tempfile
@@ -25,6 +26,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ponder.memory.insights import InsightBook, Operation, comparison_prompt, parse_operations
+from ponder.memory.protocol import Memory
 from ponder.memory.records import (
     KINDS,
     Design,
@@ -50,6 +52,7 @@ __all__ = [
     "Hit",
     "Insight",
     "InsightBook",
+    "Memory",
     "MemoryStore",
     "MiniLMEmbeddingFunction",
     "Operation",

@@ -198,7 +198,8 @@ class PersistentConnector:
                     client, self.collection, self.ef, self.root, self.mode
                 )
             except BaseException:
-                client.close()
+                # chromadb types PersistentClient as ClientAPI, which lacks the concrete Client's close()
+                client.close()  # pyright: ignore[reportAttributeAccessIssue]
                 raise
             if created:
                 self.io.write_stamp(f"{time.time_ns()} {os.getpid()} created")

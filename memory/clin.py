@@ -36,12 +36,15 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ponder.memory.insights import _CAUSAL, _not_a_rule
 from ponder.memory.records import Insight, Provenance, utc_now
 from ponder.memory.retrieval import quote
 from ponder.models.types import Message, Prompt
+
+if TYPE_CHECKING:
+    from ponder.memory.protocol import Memory
 
 __all__ = [
     "CLIN_K",
@@ -100,7 +103,7 @@ class Generation:
 
 
 def generations(
-    store: Any, task_id: str, k: int | None = None, *, before: str | None = None
+    store: Memory, task_id: str, k: int | None = None, *, before: str | None = None
 ) -> list[Generation]:
     """The memory rewrites of ``task_id``, oldest first (the last ``k`` when given).
 
@@ -111,6 +114,8 @@ def generations(
     found = store.list(kind="insight", where={"task_id": task_id, "form": "causal"})
     groups: dict[str, list[tuple[int, Insight]]] = {}
     for ins in found:
+        if not isinstance(ins, Insight):
+            continue
         first = ins.history[0] if ins.history else {}
         if first.get("op") == "REWRITE" and first.get("generation") != before:
             groups.setdefault(str(first["generation"]), []).append((int(first.get("index", 0)), ins))
@@ -138,10 +143,10 @@ def generations(
     return gens if k is None else gens[-k:] if k > 0 else []
 
 
-def current_lessons(store: Any, task_id: str) -> list[Insight]:
+def current_lessons(store: Memory, task_id: str) -> list[Insight]:
     """The task's memory now: the active lessons of its latest rewrite, in the order written."""
     found = store.list(kind="insight", where={"task_id": task_id, "form": "causal", "status": "active"})
-    mine = [i for i in found if i.history and i.history[0].get("op") == "REWRITE"]
+    mine = [i for i in found if isinstance(i, Insight) and i.history and i.history[0].get("op") == "REWRITE"]
     if not mine:
         return []
     latest = max(mine, key=lambda i: (i.provenance.created_at, i.id)).history[0]["generation"]
@@ -256,7 +261,7 @@ def _lesson_id(update_id: str, i: int) -> str:
 
 def pending_rewrite(
     lessons: Sequence[str],
-    store: Any,
+    store: Memory,
     task_id: str,
     *,
     update_id: str,
@@ -297,7 +302,7 @@ class RewriteReport:
     skipped: list[str] = field(default_factory=list)
 
 
-def apply_rewrite(store: Any, pending: dict[str, Any]) -> RewriteReport:
+def apply_rewrite(store: Memory, pending: dict[str, Any]) -> RewriteReport:
     """Store a ``pending_rewrite``: the new generation in, the one it replaces retired (once only)."""
     report = RewriteReport()
     uid = pending["update_id"]

@@ -36,12 +36,15 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ponder.errors import ConfigError
 from ponder.memory.records import Experience, Insight, InsightForm, Provenance, utc_now
 from ponder.memory.retrieval import is_trusted, quote
 from ponder.models.types import Message, Prompt
+
+if TYPE_CHECKING:
+    from ponder.memory.protocol import Memory
 
 __all__ = [
     "ApplyReport",
@@ -353,7 +356,8 @@ class InsightBook:
     none either (a full list only strengthens REMOVE: see ``agents.expel``).
 
     Args:
-        store: a ``MemoryStore``; every change is written with ``store.add`` (upsert by id).
+        store: any ``Memory`` (a ``MemoryStore``); every change is written with ``store.add``
+            (upsert by id).
         merge_threshold: an ADD whose text has at least this cosine similarity to an active insight
             up-votes that insight instead (history ``MERGE``).
         max_active: when more insights are active after ``apply``, the lowest-ranked are retired.
@@ -365,7 +369,7 @@ class InsightBook:
 
     def __init__(
         self,
-        store: Any,
+        store: Memory,
         *,
         merge_threshold: float = 0.9,
         max_active: int | None = None,
@@ -381,12 +385,14 @@ class InsightBook:
     def active(self, k: int | None = None) -> list[Insight]:
         """Active insights, best first: by net votes, then most recently changed."""
         found = self.store.list(kind="insight", where={**self.where, "status": "active"})
-        ranked = sorted(found, key=lambda i: (i.net, _last_change(i), i.id), reverse=True)
+        insights = [i for i in found if isinstance(i, Insight)]
+        ranked = sorted(insights, key=lambda i: (i.net, _last_change(i), i.id), reverse=True)
         return ranked if k is None else ranked[:k]
 
     def retired(self) -> list[Insight]:
         """Retired insights, newest first, kept for inspection."""
-        return self.store.list(kind="insight", where={**self.where, "status": "retired"})
+        found = self.store.list(kind="insight", where={**self.where, "status": "retired"})
+        return [i for i in found if isinstance(i, Insight)]
 
     def render(self, k: int | None = None) -> str:
         """The top ``k`` active insights as a numbered list for a prompt (untrusted ones quoted)."""
@@ -545,8 +551,9 @@ class InsightBook:
             report.skipped.append((op, "ADD has no rule text"))
             return
         hits = self.store.search(text, kind="insight", k=1, where={**self.where, "status": "active"})
-        if hits and hits[0].similarity >= self.merge_threshold:
-            ins = hits[0].record
+        near = hits[0].record if hits and hits[0].similarity >= self.merge_threshold else None
+        if isinstance(near, Insight):
+            ins = near
             if ("up", ins.id) in counted:
                 report.skipped.append((op, "a near-duplicate was already counted in this update"))
                 return
@@ -558,15 +565,11 @@ class InsightBook:
             )
             report.merged.append(ins.id)
         else:
-            ins = Insight(
-                text,
-                form=form,
-                supports=list(ids),
-                provenance=self._scoped(prov),
-                **(
-                    {"id": hashlib.blake2b(tag["update"].encode(), digest_size=12).hexdigest()} if tag else {}
-                ),
+            # an update's ADD gets an id of its own, so applying the update twice adds it once
+            same_id: dict[str, Any] = (
+                {"id": hashlib.blake2b(tag["update"].encode(), digest_size=12).hexdigest()} if tag else {}
             )
+            ins = Insight(text, form=form, supports=list(ids), provenance=self._scoped(prov), **same_id)
             ins.history.append(self._event("ADD", prov, text, ins, **tag))
             counted.add(("up", ins.id))
             report.added.append(ins.id)

@@ -21,10 +21,10 @@ import dataclasses
 import json
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 from ponder.errors import ConfigError
 
@@ -161,7 +161,8 @@ class _RecordMixin(ABC):
             elif f.name in metadata:
                 value = metadata[f.name]
                 kwargs[f.name] = json.loads(value) if f.name in cls._json_fields else value
-        return cls(**kwargs, provenance=Provenance.from_metadata(metadata), id=id)
+        make = cast("Callable[..., Any]", cls)  # each record class is a dataclass: its fields are keywords
+        return make(**kwargs, provenance=Provenance.from_metadata(metadata), id=id)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``kind`` first), e.g. one line of ``MemoryStore.export``."""
@@ -376,7 +377,7 @@ METADATA_KEYS: frozenset[str] = frozenset(
 """Every key a record's metadata can hold (what a ``where`` filter may name)."""
 
 
-def _record_class(kind: Any) -> type[Reflection] | type[Experience] | type[Insight]:
+def _record_class(kind: Any) -> type[Reflection] | type[Experience] | type[Insight] | type[Design]:
     try:
         return _BY_KIND[kind]
     except (KeyError, TypeError):

@@ -257,7 +257,7 @@ def _search_with_embeddings(store: Any, query: str, **kw: Any) -> list[Hit]:
 
 
 def _embed_query(embedder: Any, query: str) -> list[float]:
-    fn = getattr(embedder, "embed_query", None)
+    fn: Callable[[list[str]], Any] | None = getattr(embedder, "embed_query", None)
     vecs = fn([query]) if callable(fn) else embedder([query])
     return [float(x) for x in vecs[0]]
 

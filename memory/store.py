@@ -36,7 +36,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ponder.errors import ConfigError, DependencyNotInstalled
 from ponder.memory.backend import (
@@ -444,6 +444,14 @@ class MemoryStore:
             raise ConfigError(
                 f"cannot {what}: memory {self._session.where} is open read-only (mode='r'); open it with mode='w'"
             )
+
+
+if TYPE_CHECKING:
+    from ponder.memory.protocol import Memory
+
+    def _is_a_memory(store: MemoryStore) -> Memory:
+        """Never called: the type checker proves here that a ``MemoryStore`` is a ``Memory``."""
+        return store
 
 
 def _writable(root: Path) -> bool:

@@ -34,7 +34,7 @@ import threading
 from html import escape
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from ponder.errors import BackendError, ConfigError
@@ -324,8 +324,12 @@ def _respond(store: Any, path: str, query: str) -> str | dict[str, Any]:
 
 # ---------------------------------------------------------------- server
 class _Handler(BaseHTTPRequestHandler):
-    server: MemoryServer
     server_version = "ponder-memory"
+
+    @property
+    def memory_server(self) -> MemoryServer:
+        """``self.server``: always a ``MemoryServer``, the only server this handler is given to."""
+        return cast(MemoryServer, self.server)
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
@@ -333,8 +337,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if not self._host_ok():
                 raise ConfigError("unexpected Host header; open the page at 127.0.0.1 or localhost")
-            with self.server.lock:  # one store read at a time; the response is sent outside the lock
-                payload = _respond(self.server.store, path, url.query)
+            with self.memory_server.lock:  # one store read at a time; the response is sent outside the lock
+                payload = _respond(self.memory_server.store, path, url.query)
         except _NotFound as e:
             return self._error(HTTPStatus.NOT_FOUND, str(e), path)
         except ConfigError as e:
@@ -356,7 +360,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _host_ok(self) -> bool:
         """On loopback, only loopback host names: a page on another site cannot rebind its name to us."""
-        if self.server.server_address[0] not in ("127.0.0.1", "::1"):
+        if self.memory_server.server_address[0] not in ("127.0.0.1", "::1"):
             return True
         return urlsplit("//" + (self.headers.get("Host") or "")).hostname in _LOOPBACK
 
@@ -405,7 +409,7 @@ class MemoryServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
+        host, port = str(self.server_address[0]), self.server_address[1]
         return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ponder.errors import ConfigError, UnknownName
+from ponder.models.prm import PRM
 from ponder.models.types import BasePolicy
 
 __all__ = ["POLICY_KINDS", "PRM_NAMES", "check_prm_spec", "make_policy", "make_prm"]
@@ -49,17 +50,28 @@ def make_policy(
     raise UnknownName.for_registry("policy", kind, POLICY_KINDS)
 
 
-def make_prm(spec: str | None, *, policy: Any = None, device: str = "auto", dtype: str = "auto") -> Any:
-    """The PRM a run asks for: None, ``"verifier"`` (resolved per task by the search actor),
-    ``"judge"`` (``LLMJudgePRM`` on ``policy``), a URL (``RemotePRM``: ``ponder serve --prm``'s
-    ``/v1/prm/score``) or a folder (``HFPRM``, any supported format).
+def make_prm(
+    spec: str | None, *, policy: Any = None, device: str = "auto", dtype: str = "auto"
+) -> PRM | None:
+    """The PRM a run asks for: None, ``"verifier"`` (a ``TaskVerifierPRM``: the env's verifier, an
+    oracle, that the search actor binds to each task), ``"judge"`` (``LLMJudgePRM`` on ``policy``), a
+    URL (``RemotePRM``: ``ponder serve --prm``'s ``/v1/prm/score``) or a folder (``HFPRM``, any
+    supported format).
 
     A ponder value-head PRM whose backbone is the local policy's model shares its weights.
+
+    Example:
+        >>> make_prm("verifier")
+        TaskVerifierPRM(separator='\\n\\n', neutral=0.5, cache_size=4096)
+        >>> make_prm("none") is None
+        True
     """
     if spec is None or spec == "none":
         return None
     if spec == "verifier":
-        return spec
+        from ponder.models.prm_oracle import VerifierPRM
+
+        return VerifierPRM.per_task()
     if spec == "judge":
         from ponder.models.prm_oracle import LLMJudgePRM
 
@@ -68,7 +80,7 @@ def make_prm(spec: str | None, *, policy: Any = None, device: str = "auto", dtyp
         from ponder.models.prm_remote import RemotePRM
 
         return RemotePRM(spec)
-    path = check_prm_spec(spec)
+    path = _prm_folder(spec)
     if (path / "ponder_prm.json").is_file():
         from ponder.models.prm_value import ValueHeadPRM
 
@@ -82,6 +94,10 @@ def check_prm_spec(spec: str) -> Path | None:
     """The folder a PRM spec names (None for a PRM name or URL); a ConfigError if it is neither."""
     if spec in PRM_NAMES or spec.startswith(("http://", "https://")):
         return None
+    return _prm_folder(spec)
+
+
+def _prm_folder(spec: str) -> Path:
     path = Path(spec).expanduser()
     if not path.exists():
         raise ConfigError(

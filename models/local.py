@@ -157,7 +157,8 @@ class LocalPolicy(BasePolicy):
             raise BackendError(
                 f"could not load a model from {self.path}: {e}; pass a complete transformers folder"
             ) from e
-        self.model.to(self.device).eval()
+        # transformers types ``to`` through a decorator that misreads the receiver
+        self.model.to(self.device).eval()  # pyright: ignore[reportArgumentType]
         self.control_tokens = control_tokens_of(self.tokenizer)
         tok = self.tokenizer
         tok.padding_side = "left"
@@ -386,7 +387,8 @@ class LocalPolicy(BasePolicy):
             else {"do_sample": False}
         )
         try:
-            out = self.model.generate(
+            # transformers' stub of the loaded class lacks attributes its generate() protocol asks for
+            out = self.model.generate(  # pyright: ignore[reportAttributeAccessIssue]
                 input_ids=input_ids,
                 attention_mask=attention,
                 max_new_tokens=max(budgets),
@@ -464,7 +466,7 @@ class _LogprobRecorder(LogitsProcessor):
     def __init__(self, track: _Tracker):
         self.track = track
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         self.track.step_logprobs = torch.log_softmax(scores.float(), dim=-1)
         return scores
 

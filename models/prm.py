@@ -12,6 +12,10 @@ Every implementation says what it is made of, so results can be labelled honestl
 - ``generates``: True when scoring generates text (``LLMJudgePRM``); a search charges those
   tokens to its generated-token budget (``usage.generated`` counts them).
 
+A PRM that needs the task itself (the env's verifier) is a ``PerTaskPRM``: made once, unbound
+(``VerifierPRM.per_task()``, what ``make_prm("verifier")`` returns), and bound to each task's
+``evaluate`` by whoever runs the search (``SearchActor`` does, per search).
+
 Example:
     >>> aggregate_scores([0.9, 0.5, 0.8], "min")
     0.5
@@ -32,8 +36,10 @@ __all__ = [
     "PRM",
     "Aggregation",
     "BasePRM",
+    "Evaluate",
     "FunctionPRM",
     "PRMUsage",
+    "PerTaskPRM",
     "aggregate_scores",
     "check_candidates",
     "score_trajectory",
@@ -41,6 +47,9 @@ __all__ = [
 ]
 
 Aggregation = Literal["last", "min", "prod", "mean"]
+
+#: a task's verifier: ``solution_text -> (success, feedback)`` (``TextEnv.verifier``)
+Evaluate = Callable[[str], tuple[bool, str]]
 
 
 @runtime_checkable
@@ -50,6 +59,17 @@ class PRM(Protocol):
     name: str
 
     def score(self, question: str, steps: Sequence[Sequence[str]]) -> list[list[float]]: ...
+
+
+@runtime_checkable
+class PerTaskPRM(PRM, Protocol):
+    """A PRM that scores with a task's verifier, so it is bound to each task before a search.
+
+    ``bind`` returns the PRM for one task (the receiver stays unbound and reusable); ``oracle``
+    says whether ``evaluate`` reads the gold answer (``TextEnv.verifier_reads_answer``).
+    """
+
+    def bind(self, evaluate: Evaluate, *, oracle: bool = True) -> PRM: ...
 
 
 def aggregate_scores(scores: Sequence[float], how: Aggregation = "last") -> float:

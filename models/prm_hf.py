@@ -270,7 +270,7 @@ class HFPRM(BasePRM):
             self._bad = self._token_id(bad_token or MATH_SHEPHERD_BAD, "bad_token")
             if self._good == self._bad:
                 raise ConfigError("good_token and bad_token are the same token; pass two different tokens")
-        self.model = self._load_model(config, trust_remote_code)
+        self.model = self._load_model(config, trust_remote_code, self.device)
         self.model.to(self.device).eval()
         # project only the step positions onto the vocabulary when the model can
         self._keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
@@ -300,12 +300,12 @@ class HFPRM(BasePRM):
             )
         return int(ids[0])
 
-    def _load_model(self, config: dict[str, Any], trust_remote_code: bool) -> Any:
+    def _load_model(self, config: dict[str, Any], trust_remote_code: bool, device: torch.device) -> Any:
         common: dict[str, Any] = {
             "local_files_only": True,
             "dtype": self.dtype,
             # on the CPU read the weights into memory (see LocalPolicy: mmapped pages get dropped)
-            "disable_mmap": self.device.type == "cpu",
+            "disable_mmap": device.type == "cpu",
         }
         archs = _architectures(config)
         remote = "AutoModel" in (config.get("auto_map") or {}) and any("RewardModel" in a for a in archs)

@@ -5,6 +5,9 @@ last of a candidate gets a neutral score, the last gets 1.0 if the whole solutio
 0.0 if not. It reads the gold answer, so it is an ORACLE (``oracle = True``): for comparisons
 (how good could search be with a perfect outcome signal), never for honest evaluation; a
 search that uses it returns ``SearchResult.oracle = True``. It is not an LM value function.
+A verifier belongs to one task: ``VerifierPRM.per_task()`` (a ``TaskVerifierPRM``, what
+``make_prm("verifier")`` returns) is the verifier of no task yet, and ``bind(evaluate)`` makes the
+``VerifierPRM`` of one (``SearchActor`` binds it to each task it searches).
 
 ``LLMJudgePRM`` asks a policy to grade each step in words, for setups where the only model
 is behind an API. It does not read the answer (``oracle = False``), but it generates text
@@ -26,6 +29,9 @@ Example:
     >>> prm = VerifierPRM(lambda text: ("Answer: 5" in text, ""))
     >>> prm.score("What is 2 + 3?", [["2 + 3 = 5.", "Answer: 5"], ["2 + 3 = 6.", "Answer: 6"]])
     [[0.5, 1.0], [0.5, 0.0]]
+    >>> per_task = VerifierPRM.per_task()
+    >>> per_task.bind(lambda text: ("Answer: 5" in text, "")).score("What is 2 + 3?", [["Answer: 5"]])
+    [[1.0]]
 """
 
 from __future__ import annotations
@@ -35,11 +41,11 @@ import math
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ponder.errors import ConfigError
-from ponder.models.prm import BasePRM, check_candidates
+from ponder.models.prm import BasePRM, Evaluate, check_candidates
 from ponder.models.types import Completion, Message, Policy, Prompt, SamplingParams
 
 __all__ = [
@@ -48,11 +54,19 @@ __all__ = [
     "VERDICT_ONLY_PROMPT",
     "JudgeScores",
     "LLMJudgePRM",
+    "TaskVerifierPRM",
     "VerifierPRM",
     "parse_verdict",
 ]
 
-Evaluate = Callable[[str], tuple[bool, str]]
+
+def _check_settings(separator: str, neutral: float, cache_size: int) -> None:
+    if not separator:
+        raise ConfigError("separator is empty; pass the text between steps, e.g. '\\n\\n'")
+    if not 0.0 <= neutral <= 1.0:
+        raise ConfigError(f"neutral must be in [0, 1], got {neutral}")
+    if cache_size < 0:
+        raise ConfigError(f"cache_size must be >= 0, got {cache_size}")
 
 
 class VerifierPRM(BasePRM):
@@ -88,12 +102,7 @@ class VerifierPRM(BasePRM):
             raise ConfigError(
                 "VerifierPRM needs evaluate(solution_text) -> (success, feedback); pass a function"
             )
-        if not separator:
-            raise ConfigError("separator is empty; pass the text between steps, e.g. '\\n\\n'")
-        if not 0.0 <= neutral <= 1.0:
-            raise ConfigError(f"neutral must be in [0, 1], got {neutral}")
-        if cache_size < 0:
-            raise ConfigError(f"cache_size must be >= 0, got {cache_size}")
+        _check_settings(separator, neutral, cache_size)
         self.evaluate = evaluate
         self.separator = separator
         self.neutral = float(neutral)
@@ -101,6 +110,22 @@ class VerifierPRM(BasePRM):
         self._cache: OrderedDict[str, bool] = OrderedDict()
         # evaluate may reset and step a shared env: one verdict at a time
         self._lock = threading.Lock()
+
+    @classmethod
+    def per_task(
+        cls, *, separator: str = "\n\n", neutral: float = 0.5, cache_size: int = 4096
+    ) -> TaskVerifierPRM:
+        """The verifier of no task yet, to ``bind`` to each task's ``evaluate`` (``SearchActor`` does).
+
+        Example:
+            >>> prm = VerifierPRM.per_task()
+            >>> prm.score("2 + 3?", [["Answer: 5"]])  # doctest: +IGNORE_EXCEPTION_DETAIL
+            Traceback (most recent call last):
+            ponder.errors.ConfigError: this verifier PRM is not bound to a task; ...
+            >>> prm.bind(lambda text: ("5" in text, ""), oracle=False).oracle
+            False
+        """
+        return TaskVerifierPRM(separator=separator, neutral=neutral, cache_size=cache_size)
 
     @classmethod
     def for_task(
@@ -151,6 +176,48 @@ class VerifierPRM(BasePRM):
             final = 1.0 if self.verdict(self.separator.join(cand)) else 0.0
             out.append([self.neutral] * (len(cand) - 1) + [final])
         return out, 0
+
+
+class TaskVerifierPRM:
+    """The env's verifier as a PRM for no task yet: ``bind`` makes the ``VerifierPRM`` of one task.
+
+    What ``make_prm("verifier")`` returns (``VerifierPRM.per_task()`` builds one): the search actor
+    binds it to each task's ``evaluate`` (``TextEnv.verifier``). Scoring it unbound is a
+    ``ConfigError``. ``oracle`` is True: bound, it reads the gold answer unless the env's verifier
+    does not (``bind(..., oracle=False)``).
+
+    Args:
+        separator, neutral, cache_size: as for ``VerifierPRM``, for every task it is bound to.
+    """
+
+    name = "verifier"
+    oracle = True
+    generates = False
+
+    def __init__(self, *, separator: str = "\n\n", neutral: float = 0.5, cache_size: int = 4096):
+        _check_settings(separator, neutral, cache_size)
+        self.separator = separator
+        self.neutral = float(neutral)
+        self.cache_size = cache_size
+
+    def bind(self, evaluate: Evaluate, *, oracle: bool = True) -> VerifierPRM:
+        """The verifier of the task ``evaluate`` grades (``oracle``: whether it reads the gold answer)."""
+        return VerifierPRM(
+            evaluate,
+            separator=self.separator,
+            neutral=self.neutral,
+            cache_size=self.cache_size,
+            oracle=oracle,
+        )
+
+    def score(self, question: str, steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        raise ConfigError(
+            "this verifier PRM is not bound to a task; call prm.bind(env.verifier(task_id)) first "
+            "(SearchActor binds it to each task)"
+        )
+
+    def __repr__(self) -> str:
+        return f"TaskVerifierPRM(separator={self.separator!r}, neutral={self.neutral}, cache_size={self.cache_size})"
 
 
 # --- the judge -----------------------------------------------------------------------------

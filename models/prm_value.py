@@ -46,7 +46,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ponder.errors import BackendError, ConfigError, DependencyNotInstalled
 from ponder.models.control_tokens import control_tokens_of, neutralize
@@ -62,6 +62,9 @@ try:
     from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 except ImportError as e:  # pragma: no cover - depends on the install
     raise DependencyNotInstalled.for_extra(e.name or "torch/transformers", "local") from e
+
+if TYPE_CHECKING:
+    from ponder.models.engine.engine import Engine
 
 __all__ = ["CONFIG_NAME", "FORMAT", "HEAD_NAME", "ValueHead", "ValueHeadPRM", "segments"]
 
@@ -239,7 +242,8 @@ class ValueHeadPRM(BasePRM):
                 raise BackendError(
                     f"could not load a backbone from {self.path}: {e}; pass a complete transformers folder"
                 ) from e
-            self.model.to(self.device)
+            # transformers types ``to`` through a decorator that misreads the receiver
+            self.model.to(self.device)  # pyright: ignore[reportArgumentType]
         self.model.eval()
         for p in self.model.parameters():  # frozen: only the head learns
             p.requires_grad_(False)
@@ -314,7 +318,7 @@ class ValueHeadPRM(BasePRM):
     # --- scoring ----------------------------------------------------------------------
     def _score(self, question: str, steps: list[list[str]]) -> tuple[list[list[float]], int]:
         if self.engine is not None:
-            return self._score_on_engine(question, steps)
+            return self._score_on_engine(self.engine, question, steps)
         with self._lock, torch.inference_mode():
             q_ids = segments(self.tokenizer, question, [], self.separator)[0]
             keys = []
@@ -337,11 +341,13 @@ class ValueHeadPRM(BasePRM):
             i += len(cand)
         return out, read
 
-    def _score_on_engine(self, question: str, steps: list[list[str]]) -> tuple[list[list[float]], int]:
+    def _score_on_engine(
+        self, engine: Engine, question: str, steps: list[list[str]]
+    ) -> tuple[list[list[float]], int]:
         """One engine read per candidate, all queued at once (siblings share their prefix)."""
         q_ids = segments(self.tokenizer, question, [], self.separator)[0]
         layers = self.n_layers if self.layer == -1 else self.layer
-        jobs = [self.engine.features([q_ids, *self._step_ids(cand)], layers) for cand in steps]
+        jobs = [engine.features([q_ids, *self._step_ids(cand)], layers) for cand in steps]
         feats = [job.result()[1:] for job in jobs]
         with torch.inference_mode():
             flat = torch.cat(feats).to(self.device) if any(len(f) for f in feats) else None
@@ -418,7 +424,7 @@ class ValueHeadPRM(BasePRM):
                 while p is not None:
                     past.append(local[p])
                     p = local[p].parent
-                new = [q_ids if text[k] is None else step_ids[text[k]] for k in chain]
+                new = [q_ids if (t := text[k]) is None else step_ids[t] for k in chain]
                 rows.append((up, past[::-1], new))
                 chains.append(chain)
             feats, kvs = self._run(rows, keep_kv=True)
@@ -520,7 +526,8 @@ class ValueHeadPRM(BasePRM):
             # backbone truncated to i layers returns as last_hidden_state
             if layer in (-1, self.n_layers):
                 return out.last_hidden_state
-            return self._base.norm(out.hidden_states[layer])
+            # torch types a submodule reached by name as Tensor | Module
+            return self._base.norm(out.hidden_states[layer])  # pyright: ignore[reportCallIssue]
 
         # [b, tokens, hidden], or [b, layers, tokens, hidden] when several layers are asked for
         hidden = (

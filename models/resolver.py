@@ -115,9 +115,10 @@ def _convert(gguf: Path, out: Path) -> None:
     except ImportError as e:  # gguf / accelerate missing
         raise DependencyNotInstalled(f"{e}; install it with: pip install 'ponder[local]'") from e
     # the weights are plain tensors now: drop the GGUF quantizer so save_pretrained writes safetensors
-    model.hf_quantizer = None
+    # torch types what a Module's attributes may hold as Tensor | Module; this one is a quantizer
+    model.hf_quantizer = None  # pyright: ignore[reportArgumentType]
     if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+        delattr(model.config, "quantization_config")
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
 

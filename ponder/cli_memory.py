@@ -231,6 +231,7 @@ def cmd_rm(a: argparse.Namespace) -> int:
             "rm takes record ids, or filters (--kind/--env/--task/--outcome/--run), or --all: exactly one of them"
         )
     with _open(a, mode="w") as store:
+        found: set[str] = set()
         if a.ids:
             found = {r.id for r in store.get_many(a.ids)}
             missing = [i for i in dict.fromkeys(a.ids) if i not in found]

@@ -38,13 +38,16 @@ import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ponder.errors import ConfigError
 from ponder.models.prm import PRM, Aggregation, aggregate_scores
 from ponder.models.types import Completion, Policy, Prompt, SamplingParams
 from ponder.search.budget import Budget
 from ponder.search.tree import SearchTree
+
+if TYPE_CHECKING:
+    from ponder.models.prm_oracle import JudgeScores
 
 __all__ = [
     "SearchAlgorithm",
@@ -305,7 +308,7 @@ class SearchProblem:
             self.oracle_sources.add(
                 f"PRM {getattr(self.prm, 'name', type(self.prm).__name__)} reads the gold answer"
             )
-        within = getattr(self.prm, "score_within", None)
+        within: Callable[..., JudgeScores] | None = getattr(self.prm, "score_within", None)
         if callable(within):
             out = within(
                 self.question, [list(c) for c in candidates], max_generated=self.budget.left_generated
@@ -315,7 +318,8 @@ class SearchProblem:
             return out.scores
         before = _prm_tokens(self.prm)
         scores = self.prm.score(self.question, [list(c) for c in candidates])
-        read = _prm_tokens(self.prm) - before if before is not None else _approx_tokens(candidates)
+        after = _prm_tokens(self.prm)
+        read = after - before if before is not None and after is not None else _approx_tokens(candidates)
         self.budget.charge_prm(tokens=read)
         return scores
 

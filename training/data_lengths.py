@@ -8,8 +8,9 @@ renders them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence, Sized
+from dataclasses import dataclass
+from typing import Any, cast
 
 from ponder.errors import ConfigError
 from ponder.training.examples import ChatExample
@@ -17,7 +18,8 @@ from ponder.training.examples import ChatExample
 __all__ = ["OverLong", "check_lengths", "count_tokens"]
 
 
-class OverLong(NamedTuple):
+@dataclass(frozen=True)
+class OverLong:
     """An example longer than the trainer's ``max_length``: its index, token count, itself."""
 
     index: int
@@ -64,6 +66,6 @@ def count_tokens(tokenizer: Any, messages: list[dict[str, str]]) -> int:
     text = "\n".join(m["content"] for m in messages)
     if callable(getattr(tokenizer, "encode", None)):
         return len(tokenizer.encode(text))
-    if callable(tokenizer):
-        return len(tokenizer(text))
+    if callable(tokenizer):  # a function str -> tokens
+        return len(cast(Sized, tokenizer(text)))
     raise ConfigError(f"cannot count tokens with {type(tokenizer).__name__}; pass a Hugging Face tokenizer")

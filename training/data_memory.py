@@ -31,7 +31,9 @@ from ponder.training.data_source import Source
 __all__ = ["read_memory"]
 
 
-def read_memory(store: Any, *, skip_runs: Collection[tuple[str, str]] = ()) -> tuple[Source, dict[str, int]]:
+def read_memory(
+    store: Any, *, skip_runs: Collection[tuple[str | None, str | None]] = ()
+) -> tuple[Source, dict[str, int]]:
     """The ``Experience`` records of a memory store (a ``MemoryStore`` or its directory, opened
     read-only) as episode-shaped dicts, oldest first, and the records left out, by reason.
 

@@ -204,7 +204,7 @@ class Source:
                 raise Skip("memory keeps no hidden grade (grade='final'): pass the run directory")
         return [trial_ok(t, grade) for t in trials]
 
-    def provenance(self, episode: dict[str, Any], trials: list[int], **extra: Any) -> dict[str, Any]:
+    def provenance(self, episode: dict[str, Any], trials: list[int | None], **extra: Any) -> dict[str, Any]:
         """Where an example came from: run, episode, task, trials, agent, env, model."""
         src: dict[str, Any] = {
             "run": episode.get("run") or self.name,

@@ -188,7 +188,7 @@ def _samples(policy: Any, prm: Any, cfg: EvalConfig, env_kwargs: dict[str, Any])
 
     env = make("math", **env_kwargs, num_tasks=cfg.tasks, seed=cfg.seed)
     methods = ("majority", "best_of_n", "weighted_best_of_n") if prm is not None else ("majority",)
-    wins = dict.fromkeys(methods, 0)
+    wins: dict[str, int] = dict.fromkeys(methods, 0)
     tokens = 0
     params = SamplingParams(max_tokens=cfg.step_tokens, temperature=cfg.temperature)
     ids = env.task_ids()

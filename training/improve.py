@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from typing_extensions import TypedDict
+from typing_extensions import Required, TypedDict
 
 from ponder.errors import ConfigError
 from ponder.training.evaluate import EvalConfig
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ImproveConfig:
-    """Settings of ``ponder improve``; the defaults are the size measured in the README.
+    """Settings of ``ponder improve``; the defaults are the size measured in docs/training.md.
 
     Attributes:
         name: the run directory is ``runs_dir/name``.
@@ -140,17 +140,21 @@ class ImproveConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImproveConfig:
         data = dict(data)
-        data["eval"] = EvalConfig(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in data.get("eval", {}).items()}
-        )
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        evaluation: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in data.get("eval", {}).items()
+        }
+        data["eval"] = EvalConfig(**evaluation)
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**fields)
 
 
 class ImproveState(TypedDict, total=False):
-    k: int
+    """The loop's checkpointed state: ``k`` (the input) is the iteration; ``rows`` starts out empty."""
+
+    k: Required[int]
     policy: str | None
     prm: str | None
-    rows: Annotated[list[dict[str, Any]], operator.add]
+    rows: Required[Annotated[list[dict[str, Any]], operator.add]]
 
 
 # --- the graph ----------------------------------------------------------------------------

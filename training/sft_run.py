@@ -101,7 +101,8 @@ class Run:
             )
         except (OSError, ValueError) as e:
             raise ConfigError(f"cannot load {self.path} as a causal LM ({str(e)[:160]})") from None
-        model.to(self.device)
+        # transformers types ``to`` through a decorator that misreads the receiver
+        model.to(self.device)  # pyright: ignore[reportArgumentType]
         if config.method == "lora":
             model = lora_model(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.targets)
         self.model = model.train()
@@ -110,7 +111,7 @@ class Run:
         self.lengths = [len(r.input_ids) for r in self.rows]
         self.per_epoch = len(length_batches(self.lengths, config.batch_size, 0))
         self.limit = None if config.max_steps else config.epochs * self.per_epoch
-        self.total = config.max_steps or math.ceil(self.limit / config.grad_accum)
+        self.total = config.max_steps or math.ceil(config.epochs * self.per_epoch / config.grad_accum)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = adamw(trainable, config.lr, config.weight_decay)
         warmup = round(config.warmup_ratio * self.total)

@@ -101,7 +101,9 @@ class Matrix:
                 flat = x.reshape(rows, -1).contiguous()
                 y = gemv_i8_bf16(self.lib, flat, self.q, self.scales32, self.bias)
                 return y.view(*x.shape[:-1], -1)
-            y = torch._weight_int8pack_mm(x.reshape(rows, -1), self.q, self.scales).view(*x.shape[:-1], -1)
+            # torch has this op but leaves it out of its exports
+            int8_mm = torch._weight_int8pack_mm  # pyright: ignore[reportPrivateImportUsage]
+            y = int8_mm(x.reshape(rows, -1), self.q, self.scales).view(*x.shape[:-1], -1)
             return y if self.bias is None else y + self.bias
         return F.linear(x, self.w, self.bias)
 
@@ -156,7 +158,7 @@ class SlotCache:
         for old_k, old_v in zip(self.k or [None] * d.n_layers, self.v or [None] * d.n_layers, strict=True):
             nk = torch.zeros(shape, dtype=d.dtype, device=d.device)
             nv = torch.zeros(shape, dtype=d.dtype, device=d.device)
-            if old_k is not None and keep:
+            if old_k is not None and old_v is not None and keep:
                 nk[:, :, :keep].copy_(old_k[:, :, :keep])
                 nv[:, :, :keep].copy_(old_v[:, :, :keep])
             k.append(nk)
@@ -369,7 +371,9 @@ class Decoder:
         """Attention of ``q`` ``[B, KV, G, D]`` over slots ``0..B-1``: the fused kernel on the CPU,
         else batched matmuls over the whole capacity (contiguous: see ``SlotCache``)."""
         if self.fused:
-            return decode_attention(q, kc, vc, positions, self.scale)
+            out = decode_attention(q, kc, vc, positions, self.scale)
+            assert out is not None, "the kernel runs every input `fused` was checked for"
+            return out
         b, kv, g, d = q.shape
         cap = kc.shape[2]
         keys = kc.view(-1, cap, d)[: b * kv]

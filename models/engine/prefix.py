@@ -58,12 +58,12 @@ class PrefixStore:
 
     def best(self, ids: np.ndarray) -> tuple[Entry | None, int]:
         """The entry sharing the longest prefix with ``ids`` and that length (marks it used)."""
-        best, best_len = None, 0
+        best, best_len, best_key = None, 0, None
         for key, entry in self.entries.items():
             n = common_prefix(entry.ids, ids)
             if n > best_len:
                 best, best_len, best_key = entry, n, key
-        if best is not None:
+        if best_key is not None:
             self.entries.move_to_end(best_key)
         return best, best_len
 

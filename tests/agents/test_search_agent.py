@@ -10,6 +10,8 @@ from ponder.config import RunConfig
 from ponder.environments import make
 from ponder.errors import ConfigError, UnknownName
 from ponder.models import FunctionPRM, ScriptedPolicy
+from ponder.models.factory import make_prm
+from ponder.models.prm_oracle import TaskVerifierPRM, VerifierPRM
 from ponder.runner import run
 from ponder.search.tree import SearchTree
 
@@ -73,7 +75,8 @@ def test_search_agent_retries_a_failed_search_with_a_new_seed():
     assert len(out["searches"]) == 2 and len(set(seeds)) == 2
 
 
-def test_verifier_prm_is_resolved_per_task():
+@pytest.mark.parametrize("prm", [VerifierPRM.per_task(), "verifier"], ids=["object", "name"])
+def test_verifier_prm_is_bound_per_task(prm):
     env = make("math", level=1, num_tasks=2, seed=0)
     answers = {tid: str(env.tasks[tid].answer) for tid in env.task_ids()}
 
@@ -83,7 +86,7 @@ def test_verifier_prm_is_resolved_per_task():
         policy_fn.k = getattr(policy_fn, "k", 0) + 1
         return f"Answer: {answers[tid] if policy_fn.k % 2 else 0}"
 
-    graph = build_search_agent(ScriptedPolicy(policy_fn), "verifier", algorithm="best_of_n", n=4)
+    graph = build_search_agent(ScriptedPolicy(policy_fn), prm, algorithm="best_of_n", n=4)
     for tid in env.task_ids():
         out = graph.invoke({"task_id": tid}, context=AgentContext(env=env))
         assert out["success"], tid
@@ -134,6 +137,25 @@ def test_search_actor_refuses_unknown_names():
         SearchActor(ScriptedPolicy(["x"]), algorithm="bean")
     with pytest.raises(ConfigError, match="n must be >= 1"):
         SearchActor(ScriptedPolicy(["x"]), algorithm="beam", n=0)
+
+
+def test_make_prm_returns_a_verifier_the_actor_binds_to_each_task():
+    prm = make_prm("verifier")
+    assert isinstance(prm, TaskVerifierPRM) and prm.name == "verifier" and prm.oracle
+    with pytest.raises(ConfigError, match="not bound to a task; call prm"):
+        prm.score("What is 9 + 4?", [["Answer: 13"]])
+    env = make("math", level=1, num_tasks=1, seed=0)
+    actor = SearchActor(ScriptedPolicy(["x"]), prm, algorithm="best_of_n", n=2)
+    bound = actor._prm_for(env.verifier("math/L1/0"), reads_answer=False)
+    assert isinstance(bound, VerifierPRM) and bound is not prm and bound.oracle is False
+    assert bound.score("What is 9 + 4?", [["Answer: 13"], ["Answer: 12"]]) == [[1.0], [0.0]]
+    honest = _prm()
+    assert SearchActor(ScriptedPolicy(["x"]), honest)._prm_for(env.verifier("math/L1/0")) is honest
+
+
+def test_search_actor_takes_prm_objects_not_names():
+    with pytest.raises(ConfigError, match="build it with make_prm"):
+        SearchActor(ScriptedPolicy(["x"]), "verifier", algorithm="best_of_n")  # type: ignore[arg-type]
 
 
 def _cfg(tmp_path, **kw):

@@ -14,6 +14,7 @@ from ponder.memory import (
     Experience,
     HashingEmbeddingFunction,
     Insight,
+    Memory,
     MemoryStore,
     Provenance,
     Reflection,
@@ -52,6 +53,12 @@ def filled(store):
         ]
     )
     return store
+
+
+def test_a_store_is_a_memory_the_agents_can_take(filled):
+    assert isinstance(filled, Memory)
+    assert [r.id for r in filled.get_many(["i1", "r1", "nope"])] == ["i1", "r1"]
+    assert filled.embedder is not None
 
 
 def test_add_get_round_trip_and_upsert(store):

@@ -9,7 +9,7 @@ import pytest
 from ponder.environments import make
 from ponder.errors import ConfigError, PonderError
 from ponder.models import ScriptedPolicy
-from ponder.models.prm import PRM
+from ponder.models.prm import PRM, PerTaskPRM
 from ponder.models.prm_oracle import VERDICT_ONLY_PROMPT, LLMJudgePRM, VerifierPRM, parse_verdict
 from ponder.models.types import BasePolicy, Completion, Prompt, SamplingParams
 
@@ -87,6 +87,23 @@ def test_verifier_bad_inputs(env):
         VerifierPRM(lambda t: (True, ""), separator="")
     with pytest.raises(ConfigError, match="function"):
         VerifierPRM("not callable")  # type: ignore[arg-type]
+
+
+def test_a_per_task_verifier_is_bound_to_each_task_and_refuses_to_score_unbound(env):
+    per_task = VerifierPRM.per_task(separator=" | ", neutral=0.25, cache_size=0)
+    assert isinstance(per_task, PerTaskPRM) and per_task.oracle and per_task.name == "verifier"
+    with pytest.raises(ConfigError, match="not bound to a task"):
+        per_task.score("q", [["a"]])
+    answer = env.tasks[TASK].answer
+    bound = per_task.bind(env.verifier(TASK))
+    assert (bound.separator, bound.neutral, bound.cache_size, bound.oracle) == (" | ", 0.25, 0, True)
+    assert bound.score("", [["Thinking.", f"Answer: {answer}"]]) == [[0.25, 1.0]]
+    assert per_task.bind(env.verifier(TASK), oracle=False).oracle is False
+    assert not isinstance(bound, PerTaskPRM)  # bound: used as it is
+    with pytest.raises(ConfigError, match="neutral"):
+        VerifierPRM.per_task(neutral=2.0)
+    with pytest.raises(ConfigError, match="separator"):
+        VerifierPRM.per_task(separator="")
 
 
 # ---- parse_verdict ------------------------------------------------------------------------------
