@@ -28,6 +28,11 @@ register(
     description="procedurally generated arithmetic and word problems, levels 1-5, exact-answer verifier",
 )
 register(
+    "dataset",
+    "ponder.environments.dataset:DatasetEnv",
+    description="your own question-answer file (JSONL, CSV, Parquet, saved HF dataset): seeded train/test split, a grader you pick",
+)
+register(
     "humaneval",
     "ponder.environments.humaneval:HumanEvalEnv",
     description="the 164 HumanEval problems; code runs against the tests in an isolated sandbox",
@@ -46,4 +51,9 @@ register(
     "toy-rooms",
     "ponder.environments.toy_rooms:ToyRoomsEnv",
     description="three tiny multi-step tasks with fixed rules: the fast fake for embodied-agent tests",
+)
+register(
+    "reasoning-gym",
+    "ponder.environments.reasoning_gym_env:ReasoningGymEnv",
+    description="reasoning-gym's procedural tasks (countdown, puzzle24, arithmetic, word sorting, ...), its own scorers",
 )

@@ -86,8 +86,9 @@ class TextEnv(gym.Env[str, str]):
     name: ClassVar[str] = "text-env"
     #: True when one action ends the episode (the answer is graded at once).
     single_step: ClassVar[bool] = False
-    # typed as gym.Env types it (an instance attribute with a class default), so not a ClassVar
-    metadata: dict[str, Any] = {"render_modes": ["ansi"]}  # noqa: RUF012
+    # typed as gym.Env types it (an instance attribute with a class default), so not a ClassVar;
+    # Gymnasium's checker asks every env that renders for an fps, though text has no frame rate
+    metadata: dict[str, Any] = {"render_modes": ["ansi"], "render_fps": 1}  # noqa: RUF012
     #: verbs of actions that cannot be undone (ScienceWorld's "focus on"): an agent takes such an
     #: action only when the model wrote that verb, never as the nearest guess to other text
     guarded_verbs: ClassVar[tuple[str, ...]] = ()

@@ -15,6 +15,15 @@ the final score minus the starting one, ``info["score"]`` from ``reset`` (0 on m
 the ``find-*`` tasks start at 8, some ``grow-fruit`` variations at 2-11). An ambiguous
 action gets a numbered list back, and the admissible actions are then the numbers.
 
+The simulator's world is a pure function of the task and the actions, but its text is not:
+it lists a room's objects in a different order each time the task is loaded, and names an
+object in the valid actions by a random one of the phrases that pick it out ("red paint",
+"paint in wood cup", ...), even twice in one state. So that the same actions give the same
+observation and ``admissible_actions`` (as Gymnasium's ``check_env`` asks: it replays a seeded
+step and compares), an env remembers the text it gave each state (the task, the actions since
+``reset``, and what the agent sees and holds, as multisets of words) and gives it again when
+the simulator's text has the same words; the last ``_SEEN_STATES`` states, per env.
+
 Each env starts one JVM on first use and stops it on ``close()`` (or when the env is
 garbage collected, or at interpreter exit).
 
@@ -48,6 +57,7 @@ import shutil
 import subprocess
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any, ClassVar
@@ -75,6 +85,7 @@ _INSTALL_JAVA = "install it, e.g.: apt install openjdk-17-jre-headless"
 _PREFIX = "scienceworld/"
 # The base class truncates at max_steps; the package's own step limit must never fire first.
 _NO_STEP_LIMIT = 10**9
+_SEEN_STATES = 256
 
 
 def java_children(parent: int | None = None) -> set[int]:
@@ -195,6 +206,12 @@ def _shutdown(sim: Any) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):  # else each is a ResourceWarning
+            if pipe is not None:
+                pipe.close()
+    tmp = getattr(sim, "_obj_tree_tempdir", None)  # the package's own temp dir, left to the GC
+    if tmp is not None:
+        tmp.cleanup()
 
 
 @contextlib.contextmanager
@@ -262,6 +279,8 @@ class ScienceWorldEnv(TextEnv):
         self._gold: dict[str, list[str]] = {}
         self._description = ""
         self._score = 0
+        self._actions: list[str] = []  # since reset
+        self._seen: OrderedDict[tuple[Any, ...], tuple[str, list[str]]] = OrderedDict()
 
     # --- the simulator -------------------------------------------------------------
     @property
@@ -347,18 +366,22 @@ class ScienceWorldEnv(TextEnv):
             look, raw = sim.reset()
             self._description = str(sim.get_task_description())
         self._score = max(int(raw["score"]), 0)
-        return f"{self._description}\n\n{look}", self._info(raw, feedback="")
+        self._actions = []
+        look, valid = self._as_before(str(look), raw)
+        return f"{self._description}\n\n{look}", self._info(raw, valid, feedback="")
 
     def _step(self, action: str) -> StepResult:
         with _jvm_errors():
             obs, _, done, raw = self._sim.step(action)
+        self._actions.append(action)
+        obs, valid = self._as_before(str(obs), raw)
         before, self._score = self._score, max(int(raw["score"]), 0)
-        info = self._info(raw, feedback=str(obs))
-        return str(obs), float(self._score - before), bool(done) or info["success"], False, info
+        info = self._info(raw, valid, feedback=obs)
+        return obs, float(self._score - before), bool(done) or info["success"], False, info
 
-    def _info(self, raw: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    def _info(self, raw: dict[str, Any], valid: list[str], **extra: Any) -> dict[str, Any]:
         return {
-            "admissible_actions": list(dict.fromkeys(str(a) for a in raw["valid"])),
+            "admissible_actions": valid,
             "task_description": self._description,
             "score": float(self._score),
             "success": self._score >= 100,
@@ -366,6 +389,24 @@ class ScienceWorldEnv(TextEnv):
             "moves": int(raw["moves"]),
             **extra,
         }
+
+    def _as_before(self, obs: str, raw: dict[str, Any]) -> tuple[str, list[str]]:
+        """The observation and valid actions as this env gave them the last time it was in this
+        state, when the simulator's observation has the same words (see the module docstring)."""
+        state = (self.task_id, tuple(self._actions), _words(raw["look"]), _words(raw["inv"]))
+        seen = self._seen.get(state)
+        if seen is None or _words(seen[0]) != _words(obs):
+            seen = (obs, list(dict.fromkeys(str(a) for a in raw["valid"])))
+            self._seen[state] = seen
+            if len(self._seen) > _SEEN_STATES:
+                self._seen.popitem(last=False)
+        self._seen.move_to_end(state)
+        return seen[0], list(seen[1])
+
+
+def _words(text: Any) -> tuple[str, ...]:
+    """The words and punctuation of ``text`` in sorted order: equal for the same text in another order."""
+    return tuple(sorted(re.findall(r"\w+|[^\w\s]", str(text))))
 
 
 def _parse_id(task_id: str) -> tuple[str, int]:

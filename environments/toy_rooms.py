@@ -42,8 +42,10 @@ class ToyRoomsEnv(TextEnv):
 
     name: ClassVar[str] = "toy-rooms"
 
-    def __init__(self, *, max_steps: int | None = 20, feedback: str = "binary"):
-        super().__init__(max_steps=max_steps, feedback=feedback)
+    def __init__(
+        self, *, max_steps: int | None = 20, render_mode: str | None = None, feedback: str = "binary"
+    ):
+        super().__init__(max_steps=max_steps, render_mode=render_mode, feedback=feedback)
         self._state: dict[str, Any] = {}
 
     def task_ids(self) -> list[str]:
