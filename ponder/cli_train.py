@@ -6,6 +6,7 @@
     ponder train sft data/train.jsonl --out runs/sft --method lora --epochs 2
     ponder improve --name loop --iterations 3           # collect -> data -> train -> PRM -> eval
     ponder improve --name loop --resume                 # after a kill: continues, repeats no stage
+    ponder improve --name qa --env dataset --env-arg path=qa.jsonl --env-arg grader=gsm8k   # your own file
     ponder train eval --model runs/loop/iter-3/policy --prm runs/loop/iter-3/prm --seed 7 --out runs/eval-7
 
 ``train sft``'s flags come from ``SFTConfig``'s fields (one declaration); errors are one line
@@ -19,6 +20,10 @@ Example:
     >>> cfg = sft_config_from_args(a)
     >>> cfg.method, cfg.epochs, cfg.resume
     ('lora', 2, False)
+    >>> a = p.parse_args(["improve", "--env", "dataset", "--env-arg", "path=qa.jsonl", "--env-arg", "grader=gsm8k"])
+    >>> cfg = improve_config_from_args(a)
+    >>> cfg.env, cfg.env_kwargs, cfg.train_env(1)[0]["subset"]
+    ('dataset', {'path': 'qa.jsonl', 'grader': 'gsm8k'}, 'train')
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_train_parser", "sft_config_from_args"]
+__all__ = ["add_train_parser", "improve_config_from_args", "sft_config_from_args"]
 
 
 def _say(text: str) -> None:
@@ -120,19 +125,30 @@ def cmd_sft(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_improve(a: argparse.Namespace) -> int:
+def improve_config_from_args(a: argparse.Namespace) -> Any:
+    """The ``ImproveConfig`` of parsed ``ponder improve`` flags."""
     from ponder.training.evaluate import EvalConfig
-    from ponder.training.improve import ImproveConfig, improve, waiting
+    from ponder.training.improve import ImproveConfig
 
     levels = tuple(int(x) for x in _csv(a.levels))
     eval_cfg = EvalConfig(
         levels=levels, seed=a.eval_seed, tasks=a.eval_tasks, samples=a.eval_samples, trials=a.eval_trials
     )
     same = ("name", "runs_dir", "iterations", "model", "train_tasks", "samples", "trials", "method", "epochs",
-            "prm_tasks", "policy", "base_url", "prm_backbone")  # fmt: skip
-    cfg = ImproveConfig(
-        **{k: getattr(a, k) for k in same}, levels=levels, kinds=tuple(_csv(a.kinds)), eval=eval_cfg
+            "prm_tasks", "policy", "base_url", "prm_backbone", "env")  # fmt: skip
+    return ImproveConfig(
+        **{k: getattr(a, k) for k in same},
+        levels=levels,
+        kinds=tuple(_csv(a.kinds)),
+        eval=eval_cfg,
+        env_kwargs=dict(a.env_arg),
     )
+
+
+def cmd_improve(a: argparse.Namespace) -> int:
+    from ponder.training.improve import improve, waiting
+
+    cfg = improve_config_from_args(a)
     rows = improve(cfg, resume=a.resume, trained=a.trained)
     wait = waiting(cfg)
     if wait:
@@ -169,7 +185,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
         prm = ValueHeadPRM.load(a.prm, backbone=prm_backbone(policy))
     try:
-        metrics = evaluate_policy(policy, prm, cfg, a.out)
+        metrics = evaluate_policy(policy, prm, cfg, a.out, env=a.env, env_kwargs=dict(a.env_arg))
     finally:
         getattr(policy, "close", lambda: None)()
     for part in ("heldout", "transfer"):
@@ -188,6 +204,22 @@ def _rates(part: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     for agent, r in part.get("agents", {}).items():
         out += [(f"{agent}@{k}", t) for k, t in enumerate(r["by_trial"], 1)]
     return out
+
+
+def _add_env_flags(p: argparse.ArgumentParser, other: str) -> None:
+    from ponder.cli import key_value
+
+    p.add_argument(
+        "--env", default="math", help=f"math (default), or an env with train and test rows (dataset): {other}"
+    )
+    p.add_argument(
+        "--env-arg",
+        action="append",
+        type=key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of --env, e.g. --env-arg path=qa.jsonl --env-arg grader=gsm8k (repeatable)",
+    )
 
 
 def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -241,6 +273,7 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     e.add_argument("--trials", type=int, default=3, help="trials of reflexion and its baselines (0: skip)")
     e.add_argument("--feedback", default="binary", choices=["binary", "directional", "full"])
     e.add_argument("--no-words", action="store_true", help="skip the word-problem transfer set")
+    _add_env_flags(e, "evaluate on its subset=test rows")
     e.add_argument("--out", required=True, help="folder for the runs and metrics.json")
     e.set_defaults(fn=cmd_eval)
 
@@ -266,6 +299,7 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--trained", help="with --resume and --policy openai: the served name of the model trained"
     )
     i.add_argument("--prm-backbone", help="with --policy openai: the local model folder the PRM reads")
+    _add_env_flags(i, "collect on its subset=train rows, evaluate on its subset=test rows")
     i.add_argument("--levels", default="1,2,3", help="math levels, e.g. 1,2,3")
     i.add_argument("--train-tasks", type=int, default=60, help="training tasks per level per iteration")
     i.add_argument("--samples", type=int, default=8, help="sampling runs per iteration (rejection sampling)")

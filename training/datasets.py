@@ -193,7 +193,7 @@ def build_dataset(
         mem, left = read_memory(memory, skip_runs=seen)
         sources.append(mem)
         skipped[_INPUT].update(left)
-    if grade == "final" and any("hidden_by_trial" in ep for s in sources for ep in s.episodes):
+    if grade == "final" and any("internal_success" in ep for s in sources for ep in s.episodes):
         log.warning("grade='final' chooses examples by hidden tests: use these runs' tasks for training only")
     examples: list[ChatExample] = []
     try:

@@ -1,7 +1,8 @@
 """Held-out evaluation of a policy (and its PRM): what ``ponder improve`` reports per iteration.
 
 On tasks never trained on (their own task seed) and on a transfer set (the same kind of tasks
-phrased as word problems, ``MathEnv(phrasing="words")``), with fixed seeds:
+phrased as word problems, ``MathEnv(phrasing="words")``), with fixed seeds; or, for another env
+with train and test rows (``env="dataset"``), on its ``subset="test"`` rows:
 
 - **greedy**: one answer at temperature 0, the actor prompt the agents use;
 - **majority@n**, **best-of-n** and **PRM-weighted best-of-n**: scored on ONE sample set of n
@@ -28,12 +29,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ponder.errors import ConfigError
 from ponder.stats import wilson_interval
 
-__all__ = ["EvalConfig", "evaluate_policy", "policy_settings", "prm_backbone", "rate"]
+__all__ = ["EvalConfig", "EvalSet", "eval_sets", "evaluate_policy", "policy_settings", "prm_backbone", "rate"]
 
 
 @dataclass(frozen=True)
@@ -108,36 +109,73 @@ def prm_backbone(policy: Any, fallback: Any = None) -> Any:
     return policy if hasattr(policy, "model") and hasattr(policy, "tokenizer") else fallback
 
 
-def evaluate_policy(policy: Any, prm: Any, cfg: EvalConfig, out: str | Path) -> dict[str, Any]:
-    """Evaluate ``policy`` (with ``prm`` for the PRM-scored methods; None skips them) on the
-    held-out tasks and the transfer set; writes ``out/metrics.json`` and returns the metrics."""
+class EvalSet(NamedTuple):
+    """One evaluation set: the env, its options (``RunConfig.env_kwargs``) and how many tasks."""
+
+    env: str
+    kwargs: dict[str, Any]
+    tasks: int
+
+
+def eval_sets(
+    cfg: EvalConfig, env: str = "math", env_kwargs: dict[str, Any] | None = None
+) -> dict[str, EvalSet]:
+    """``heldout`` (and ``transfer``) of ``math`` at ``cfg``'s levels and seed; of another env, its
+    ``subset="test"`` rows (the first ``cfg.tasks``).
+
+    Example:
+        >>> eval_sets(EvalConfig(levels=(1, 2), tasks=5))["transfer"]
+        EvalSet(env='math', kwargs={'level': [1, 2], 'phrasing': 'words', 'num_tasks': 5}, tasks=10)
+        >>> eval_sets(EvalConfig(tasks=5), "dataset", {"path": "qa.jsonl"})
+        {'heldout': EvalSet(env='dataset', kwargs={'path': 'qa.jsonl', 'subset': 'test'}, tasks=5)}
+    """
+    if env != "math":
+        return {"heldout": EvalSet(env, {**(env_kwargs or {}), "subset": "test"}, cfg.tasks)}
+    # num_tasks is per level; the run takes all of them (levels interleave in the env's order)
+    sets = {"heldout": {}, **({"transfer": {"phrasing": "words"}} if cfg.words else {})}
+    return {
+        name: EvalSet(
+            "math", {"level": list(cfg.levels), **extra, "num_tasks": cfg.tasks}, cfg.tasks * len(cfg.levels)
+        )
+        for name, extra in sets.items()
+    }
+
+
+def evaluate_policy(
+    policy: Any,
+    prm: Any,
+    cfg: EvalConfig,
+    out: str | Path,
+    *,
+    env: str = "math",
+    env_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``policy`` (with ``prm`` for the PRM-scored methods; None skips them) on
+    ``eval_sets(cfg, env, env_kwargs)``; writes ``out/metrics.json`` and returns the metrics."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    sets = {"heldout": {}, **({"transfer": {"phrasing": "words"}} if cfg.words else {})}
     metrics: dict[str, Any] = {"config": asdict(cfg)}
-    for name, extra in sets.items():
-        env_kwargs = {"level": list(cfg.levels), **extra}
-        part: dict[str, Any] = {"greedy": _greedy(policy, cfg, env_kwargs, out / name)}
+    if env != "math":
+        metrics["config"] |= {"env": env, "env_kwargs": dict(env_kwargs or {})}
+    for name, target in eval_sets(cfg, env, env_kwargs).items():
+        part: dict[str, Any] = {"greedy": _greedy(policy, cfg, target, out / name)}
         if cfg.samples:
-            part["samples"] = _samples(policy, prm, cfg, env_kwargs)
+            part["samples"] = _samples(policy, prm, cfg, target)
         if cfg.trials and name == "heldout":
-            part["agents"] = _agents(policy, cfg, env_kwargs, out / name)
+            part["agents"] = _agents(policy, cfg, target, out / name)
         metrics[name] = part
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
-def _run(
-    policy: Any, cfg: EvalConfig, env_kwargs: dict[str, Any], out: Path, **kw: Any
-) -> list[dict[str, Any]]:
+def _run(policy: Any, cfg: EvalConfig, target: EvalSet, out: Path, **kw: Any) -> list[dict[str, Any]]:
     from ponder.config import RunConfig
     from ponder.runner import run
 
     rc = RunConfig(
-        env="math",
-        # num_tasks is per level; the run takes all of them (levels interleave in the env's order)
-        env_kwargs={**env_kwargs, "num_tasks": cfg.tasks},
-        tasks=cfg.tasks * len(cfg.levels),
+        env=target.env,
+        env_kwargs=target.kwargs,
+        tasks=target.tasks,
         seed=cfg.seed,
         feedback=cfg.feedback,
         max_tokens=cfg.max_tokens,
@@ -151,13 +189,13 @@ def _run(
     return run(rc, policy=policy, progress=False).episodes
 
 
-def _greedy(policy: Any, cfg: EvalConfig, env_kwargs: dict[str, Any], out: Path) -> dict[str, Any]:
-    eps = _run(policy, cfg, env_kwargs, out, agent="retry", trials=1, temperature=0.0, name="greedy")
+def _greedy(policy: Any, cfg: EvalConfig, target: EvalSet, out: Path) -> dict[str, Any]:
+    eps = _run(policy, cfg, target, out, agent="retry", trials=1, temperature=0.0, name="greedy")
     tokens = sum(e["completion_tokens"] for e in eps)
     return {**rate(sum(bool(e["success"]) for e in eps), len(eps)), "completion_tokens": tokens}
 
 
-def _agents(policy: Any, cfg: EvalConfig, env_kwargs: dict[str, Any], out: Path) -> dict[str, Any]:
+def _agents(policy: Any, cfg: EvalConfig, target: EvalSet, out: Path) -> dict[str, Any]:
     from ponder.paired import solved_by
 
     result = {}
@@ -165,7 +203,7 @@ def _agents(policy: Any, cfg: EvalConfig, env_kwargs: dict[str, Any], out: Path)
         eps = _run(
             policy,
             cfg,
-            env_kwargs,
+            target,
             out,
             agent=agent,
             trials=cfg.trials,
@@ -180,18 +218,20 @@ def _agents(policy: Any, cfg: EvalConfig, env_kwargs: dict[str, Any], out: Path)
     return result
 
 
-def _samples(policy: Any, prm: Any, cfg: EvalConfig, env_kwargs: dict[str, Any]) -> dict[str, Any]:
-    from ponder.environments import make
+def _samples(policy: Any, prm: Any, cfg: EvalConfig, target: EvalSet) -> dict[str, Any]:
+    from ponder.config import RunConfig
     from ponder.models.types import SamplingParams
+    from ponder.runner import make_env_for
     from ponder.search import sample_and_score
     from ponder.search.prompts import problem_for_task
 
-    env = make("math", **env_kwargs, num_tasks=cfg.tasks, seed=cfg.seed)
+    # the env the runs of this set get (the task seed of math is the evaluation's seed)
+    env = make_env_for(RunConfig(env=target.env, env_kwargs=target.kwargs, tasks=target.tasks, seed=cfg.seed))
     methods = ("majority", "best_of_n", "weighted_best_of_n") if prm is not None else ("majority",)
     wins: dict[str, int] = dict.fromkeys(methods, 0)
     tokens = 0
     params = SamplingParams(max_tokens=cfg.step_tokens, temperature=cfg.temperature)
-    ids = env.task_ids()
+    ids = env.task_ids()[: target.tasks]
     for tid in ids:
         problem = problem_for_task(
             env, tid, policy, prm, seed=cfg.sample_seed, params=params, max_steps=cfg.max_steps

@@ -3,7 +3,8 @@
 Expert iteration around ponder's agents (STaR / RFT / ReST-EM for the answers, RISE-style
 self-correction episodes, ReST-MCTS* / rStar-Math's PRM retrained on the new policy):
 
-1. **collect** with the current policy on *training* tasks (a fresh task seed each iteration):
+1. **collect** with the current policy on *training* tasks (a fresh task seed each iteration; or,
+   with ``env="dataset"``, the file's ``subset="train"`` rows, which evaluation never sees):
    ``retry`` at several sampling seeds (distinct answers for rejection sampling) and
    ``retry-feedback`` over several trials (failed -> corrected episodes), on the engine;
 2. **data**: ``ponder.training.datasets.build_dataset`` (rft + self-correction by default), with
@@ -11,7 +12,8 @@ self-correction episodes, ReST-MCTS* / rStar-Math's PRM retrained on the new pol
 3. **train**: ``ponder.training.sft.train_sft`` in a process of its own (one OpenMP team per
    process), from the previous iteration's model;
 4. **prm**: Math-Shepherd labels rolled out by the new policy, and a value-head PRM fitted on it;
-5. **evaluate** on held-out tasks and the word-problem transfer set (``training.evaluate``).
+5. **evaluate** on held-out tasks and the word-problem transfer set (``training.evaluate``); a
+   dataset's ``subset="test"`` rows.
 
 Iteration 0 only evaluates the base model (with a PRM fitted on its own rollouts). The loop is a
 LangGraph graph with a SQLite checkpointer: ``ponder improve --resume`` after a kill continues
@@ -30,6 +32,8 @@ Example:
     >>> cfg = ImproveConfig(name="x", iterations=2)
     >>> [cfg.train_seed(k) for k in (1, 2)], cfg.eval.seed
     ([101, 102], 1)
+    >>> ImproveConfig(env="dataset", env_kwargs={"path": "qa.jsonl"}).train_env(1)
+    ({'path': 'qa.jsonl', 'subset': 'train'}, 60)
 """
 
 from __future__ import annotations
@@ -85,6 +89,11 @@ class ImproveConfig:
         base_url: the server of ``policy="openai"`` (None: ``OPENAI_BASE_URL``).
         prm_backbone: the local model folder the PRM's value head reads with ``policy="openai"``
             (None: the embedded default); with a local policy the PRM reads the policy itself.
+        env: ``math`` (``levels``, task seeds, the word-problem transfer set), or an env with train
+            and test rows (an option ``subset``: ``dataset``): collection and PRM labels on
+            ``subset="train"`` (the first ``train_tasks`` rows), evaluation on ``subset="test"``
+            (the first ``eval.tasks``); ``levels`` and the seeds then do not apply.
+        env_kwargs: the env's options (``dataset``: ``path``, ``grader``, ``test_fraction``, ...).
     """
 
     name: str = "improve"
@@ -112,6 +121,8 @@ class ImproveConfig:
     policy: str = "local"
     base_url: str | None = None
     prm_backbone: str | None = None
+    env: str = "math"
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.policy not in ("local", "openai"):
@@ -120,6 +131,9 @@ class ImproveConfig:
             raise ConfigError("policy='openai' needs model: the name the server serves the base model as")
         if self.iterations < 1 or self.train_tasks < 1 or self.samples < 1 or self.trials < 1:
             raise ConfigError("improve needs iterations, train_tasks, samples and trials >= 1")
+        if self.env != "math":
+            _check_split_env(self.env, self.env_kwargs)
+            return
         seeds = {self.train_seed(k) for k in range(1, self.iterations + 1)} | {self.train_seed_base}
         if self.eval.seed in seeds:
             raise ConfigError(
@@ -129,6 +143,14 @@ class ImproveConfig:
 
     def train_seed(self, k: int) -> int:
         return self.train_seed_base + k
+
+    def train_env(self, k: int) -> tuple[dict[str, Any], int]:
+        """The env options of iteration ``k``'s collection and how many tasks it takes: new math
+        tasks (task seed ``train_seed(k)``) each iteration, or the training rows of ``env``."""
+        if self.env != "math":
+            return {**self.env_kwargs, "subset": "train"}, self.train_tasks
+        kwargs = {"level": list(self.levels), "seed": self.train_seed(k), "num_tasks": self.train_tasks}
+        return kwargs, self.train_tasks * len(self.levels)
 
     @property
     def run_dir(self) -> Path:
@@ -146,6 +168,38 @@ class ImproveConfig:
         data["eval"] = EvalConfig(**evaluation)
         fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**fields)
+
+
+def _check_split_env(env: str, env_kwargs: dict[str, Any]) -> None:
+    """An env other than math must split its rows (``subset``); improve picks the subset itself."""
+    import inspect
+
+    from ponder.environments import spec
+
+    if "subset" not in inspect.signature(spec(env).load()).parameters:
+        raise ConfigError(
+            f"improve on env {env!r} needs train and test tasks it does not have (an env option subset); "
+            "use --env math or --env dataset"
+        )
+    if "subset" in env_kwargs:
+        raise ConfigError(
+            "improve collects on subset=train and evaluates on subset=test; drop subset from the env options"
+        )
+
+
+def _probe_env(cfg: ImproveConfig) -> None:
+    """Build the training and the evaluation env once before anything is written, so a wrong
+    dataset option (a missing file or field) fails without leaving a run that blocks the fix."""
+    if cfg.env == "math":
+        return
+    from ponder.environments import make
+    from ponder.training.evaluate import eval_sets
+
+    for kwargs in (
+        cfg.train_env(1)[0],
+        *(s.kwargs for s in eval_sets(cfg.eval, cfg.env, cfg.env_kwargs).values()),
+    ):
+        make(cfg.env, **kwargs).close()
 
 
 class ImproveState(TypedDict, total=False):
@@ -245,6 +299,7 @@ def improve(
         if replace(old, name=cfg.name, runs_dir=cfg.runs_dir) != cfg:
             cfg = replace(old, name=cfg.name, runs_dir=cfg.runs_dir)  # resume what was started
     else:
+        _probe_env(cfg)
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         saved.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     with sqlite3.connect(cfg.run_dir / "improve.sqlite", check_same_thread=False) as conn:

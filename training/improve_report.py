@@ -60,11 +60,12 @@ def write_report(cfg: Any, rows: list[dict[str, Any]]) -> Path:
     lines = ["| iteration | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
     for r in rows:
         lines.append(f"| {r['iteration']} | " + " | ".join(_cell(k, r.get(k)) for k in keys) + " |")
-    text = (
-        f"# ponder improve: {cfg.name}\n\nHeld-out task seed {cfg.eval.seed}; training seeds {cfg.train_seed(1)}..{cfg.train_seed(cfg.iterations)}.\n\n"
-        + "\n".join(lines)
-        + "\n"
+    where = (
+        f"Held-out task seed {cfg.eval.seed}; training seeds {cfg.train_seed(1)}..{cfg.train_seed(cfg.iterations)}."
+        if getattr(cfg, "env", "math") == "math"
+        else f"Env {cfg.env} {cfg.env_kwargs}: collected on its subset=train rows, evaluated on subset=test."
     )
+    text = f"# ponder improve: {cfg.name}\n\n{where}\n\n" + "\n".join(lines) + "\n"
     out = cfg.run_dir / "report.md"
     out.write_text(text)
     fig, ax = plt.subplots(figsize=(6.5, 4))

@@ -70,9 +70,12 @@ class Stages:
 
         def work() -> dict[str, Any]:
             policy, out = self.policy(policy_path), self._dir(k) / "collect"
+            # the task seed (math) is pinned in env_kwargs, so each sampling run draws other samples
+            # of the same tasks (the run's seed seeds sampling): distinct answers per task
+            tasks, n = self.cfg.train_env(k)
             base = dict(
-                env="math",
-                tasks=self.cfg.train_tasks * len(self.cfg.levels),
+                env=self.cfg.env,
+                tasks=n,
                 feedback=self.cfg.feedback,
                 temperature=self.cfg.temperature,
                 concurrency=self.cfg.concurrency,
@@ -82,13 +85,6 @@ class Stages:
                 **policy_settings(policy),
             )
             runs, tokens = [], 0
-            # the task seed is pinned in env_kwargs, so each sampling run draws other samples of
-            # the same tasks (the run's seed seeds sampling): distinct answers per task
-            tasks = {
-                "level": list(self.cfg.levels),
-                "seed": self.cfg.train_seed(k),
-                "num_tasks": self.cfg.train_tasks,
-            }
             jobs = [
                 dict(agent="retry", trials=1, name=f"sample-{s}", seed=s) for s in range(self.cfg.samples)
             ]
@@ -194,12 +190,15 @@ class Stages:
             if not self.cfg.prm_tasks:
                 return {"prm": None}
             policy = self.policy(policy_path)
-            env = make(
-                "math",
-                level=list(self.cfg.levels),
-                num_tasks=-(-self.cfg.prm_tasks // len(self.cfg.levels)),
-                seed=self.cfg.train_seed(k) + 1000,
-            )
+            if self.cfg.env == "math":
+                env = make(
+                    "math",
+                    level=list(self.cfg.levels),
+                    num_tasks=-(-self.cfg.prm_tasks // len(self.cfg.levels)),
+                    seed=self.cfg.train_seed(k) + 1000,
+                )
+            else:  # the training rows: the PRM never sees an evaluation row either
+                env = make(self.cfg.env, **self.cfg.env_kwargs, subset="train")
             records = label(
                 policy,
                 env,
@@ -223,7 +222,14 @@ class Stages:
                 from ponder.models.prm_value import ValueHeadPRM
 
                 prm = ValueHeadPRM.load(prm_path, backbone=self._prm_backbone(policy))
-            return evaluate_policy(policy, prm, self.cfg.eval, self._dir(k) / "eval")
+            return evaluate_policy(
+                policy,
+                prm,
+                self.cfg.eval,
+                self._dir(k) / "eval",
+                env=self.cfg.env,
+                env_kwargs=self.cfg.env_kwargs,
+            )
 
         return self._once(k, "evaluate", work)
 
