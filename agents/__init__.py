@@ -7,7 +7,7 @@ factory; every factory takes ``(policy, *, memory=None, max_trials=..., **kw)``.
 Example:
     >>> from ponder.agents import AGENTS
     >>> sorted(AGENTS)
-    ['debate', 'embodied', 'embodied-plan', 'embodied-retry', 'reflexion', 'retry', 'retry-feedback', 'search', 'team']
+    ['debate', 'embodied', 'embodied-plan', 'embodied-retry', 'reflexion', 'retry', 'retry-feedback', 'search', 'self-refine', 'team']
 """
 
 from collections.abc import Callable, Iterator, Mapping
@@ -19,6 +19,8 @@ from ponder.agents.prompts import ReflexionPrompts, parse_reflection
 from ponder.agents.reflexion import build_reflexion, build_retry, build_retry_feedback, route_after_evaluate
 from ponder.agents.registry import AGENT_SPECS, AgentSpec, register_agent, unregister_agent
 from ponder.agents.search_agent import SearchActor, build_search_agent
+from ponder.agents.self_refine import SelfRefineState, build_self_refine
+from ponder.agents.self_refine_prompts import SelfRefinePrompts
 from ponder.agents.state import AgentContext, EpisodeState, TrialRecord
 from ponder.agents.team import build_team, build_team_agent
 from ponder.agents.topology import make_topology
@@ -36,6 +38,8 @@ __all__ = [
     "EpisodeState",
     "ReflexionPrompts",
     "SearchActor",
+    "SelfRefinePrompts",
+    "SelfRefineState",
     "TrialRecord",
     "build_debate",
     "build_embodied_agent",
@@ -43,6 +47,7 @@ __all__ = [
     "build_retry",
     "build_retry_feedback",
     "build_search_agent",
+    "build_self_refine",
     "build_team",
     "build_team_agent",
     "make_topology",

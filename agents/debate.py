@@ -46,6 +46,7 @@ from ponder.agents.reflexion import trial_seed
 from ponder.agents.state import AgentContext, MultiAgentState, grade, start_single_step
 from ponder.errors import ConfigError
 from ponder.memory.retrieval import quote
+from ponder.models.check import ensure_policy
 from ponder.models.types import Completion, Message, Policy, Prompt, SamplingParams
 
 if TYPE_CHECKING:
@@ -156,6 +157,7 @@ def build_debate(
         checkpointer: a LangGraph checkpointer (``SqliteSaver``), for resuming.
         name: the graph's name.
     """
+    ensure_policy(policy_or_policies, many=True)
     policies = list(policy_or_policies) if isinstance(policy_or_policies, Sequence) else [policy_or_policies]
     if len(policies) == 1:
         policies *= n_agents

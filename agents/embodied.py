@@ -68,6 +68,7 @@ from ponder.errors import ConfigError
 from ponder.memory.clin import CLIN_K
 from ponder.memory.records import Experience, Insight, Reflection
 from ponder.memory.retrieval import Hit, is_trusted
+from ponder.models.check import ensure_policy
 from ponder.models.types import Completion, Policy, Prompt, SamplingParams
 
 if TYPE_CHECKING:
@@ -197,6 +198,7 @@ def build_embodied_agent(
     ``recursion_limit`` is at least ``recursion_limit(max_trials, max_steps, max_revisions)``
     (the compiled graph carries it as its default config).
     """
+    ensure_policy(policy)
     if max_trials < 1 or max_steps < 1 or max_revisions < 0:
         raise ConfigError(
             f"max_trials and max_steps must be >= 1 and max_revisions >= 0, got {max_trials}, {max_steps}, {max_revisions}"

@@ -65,6 +65,7 @@ from ponder.errors import ConfigError
 from ponder.memory.insights import InsightBook, apply_pending, parse_operations, pending_update
 from ponder.memory.records import Experience, Insight, Provenance
 from ponder.memory.retrieval import is_trusted
+from ponder.models.check import ensure_policy
 from ponder.models.types import Policy, SamplingParams
 
 if TYPE_CHECKING:
@@ -142,6 +143,7 @@ def build_extraction(
     Invoke with ``{"steps": plan_extraction(...), "step": 0, "prefix": ...}``; ``extract_insights``
     does it for you.
     """
+    ensure_policy(policy)
     if max_rules < 1:
         raise ConfigError(f"max_rules must be >= 1, got {max_rules}")
     params = params or SamplingParams(max_tokens=256, temperature=0.0)

@@ -49,6 +49,7 @@ from ponder.agents.prompts import ReflexionPrompts, parse_reflection
 from ponder.agents.state import AgentContext, EpisodeState, grade, start_single_step
 from ponder.environments.base import AgentTestsEnv
 from ponder.errors import ConfigError
+from ponder.models.check import ensure_policy
 from ponder.models.types import Policy, Prompt, SamplingParams
 
 if TYPE_CHECKING:
@@ -285,6 +286,7 @@ def build_reflexion(
 
     Invoke with ``{"task_id": ...}`` and ``context=AgentContext(env=...)``.
     """
+    ensure_policy(policy)
     return _build(
         policy,
         reflect=True,
@@ -327,6 +329,7 @@ def build_retry(
     The options are ``build_reflexion``'s; ``memory`` is accepted for a uniform signature and not
     used (so neither are ``memory_modes``, ``memory_k``, ``insights`` and ``insight_set``).
     """
+    ensure_policy(policy)
     return _build(
         policy,
         reflect=False,
@@ -369,6 +372,7 @@ def build_retry_feedback(
     The options are ``build_reflexion``'s; ``memory`` is accepted for a uniform signature and not
     used (so neither are ``memory_modes``, ``memory_k``, ``insights`` and ``insight_set``).
     """
+    ensure_policy(policy)
     return _build(
         policy,
         reflect=False,

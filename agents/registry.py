@@ -33,6 +33,7 @@ from ponder.agents.debate import build_debate
 from ponder.agents.embodied import build_embodied_agent
 from ponder.agents.reflexion import build_reflexion, build_retry, build_retry_feedback
 from ponder.agents.search_agent import build_search_agent
+from ponder.agents.self_refine import build_self_refine
 from ponder.agents.team import build_team_agent
 from ponder.errors import ConfigError
 
@@ -134,6 +135,12 @@ for _spec in (
         build_retry,
         "retry blind (no feedback, no reflection): the resampling baseline",
         _LOOP_OPTIONS,
+    ),
+    AgentSpec(
+        "self-refine",
+        build_self_refine,
+        "Self-Refine-style: answer, critique its own answer, refine from its answers and critiques "
+        "until the critique says 'It is correct' or --trials answers; no env feedback (Madaan et al. 2023)",
     ),
     AgentSpec(
         "search",

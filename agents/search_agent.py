@@ -54,6 +54,7 @@ from langgraph.types import Checkpointer
 
 from ponder.agents.state import AgentContext, EpisodeState
 from ponder.errors import ConfigError, UnknownName
+from ponder.models.check import ensure_policy
 from ponder.models.prm import PRM, Evaluate, PerTaskPRM
 from ponder.models.types import Policy, Prompt, SamplingParams
 
@@ -251,6 +252,7 @@ def build_search_agent(
     Invoke with ``{"task_id": ...}`` and ``context=AgentContext(env=...)``; set
     ``AgentContext.artifacts`` to a directory to keep every search tree (``trees/*.json``).
     """
+    ensure_policy(policy)
     from ponder.agents.reflexion import evaluate_attempt, route_after_evaluate, trial_seed
     from ponder.search.prompts import step_prompt
 

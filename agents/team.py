@@ -48,6 +48,7 @@ from ponder.agents.topology import ROLES, check_topology, outputs, schedule
 from ponder.errors import ConfigError
 from ponder.memory.records import Reflection
 from ponder.memory.retrieval import quote
+from ponder.models.check import ensure_policy
 from ponder.models.types import Message, Policy, Prompt, SamplingParams
 
 if TYPE_CHECKING:
@@ -117,6 +118,7 @@ def build_team(
         name: the graph's name (and the prefix of each agent's name in provenance).
         checkpointer: a LangGraph checkpointer (``SqliteSaver``), for resuming.
     """
+    ensure_policy(policy_or_policies, many=True)
     policies = list(policy_or_policies) if isinstance(policy_or_policies, Sequence) else [policy_or_policies]
     check_topology(topology, max_rounds=max_rounds, n_policies=len(policies))
     if max_trials < 1:
@@ -308,6 +310,7 @@ def build_team_agent(
 
     The graph carries its topology as ``graph.topology`` (the runner draws it).
     """
+    ensure_policy(policy, many=True)
     from ponder.agents.topology import make_topology
 
     g = make_topology(topology, n_agents, seed=seed) if isinstance(topology, str) else topology

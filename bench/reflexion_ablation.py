@@ -36,7 +36,7 @@ def table(runs: dict[str, list[dict[str, Any]]], trials: int) -> str:
     """Markdown: success after each trial, final McNemar against each baseline, tokens."""
     ids = sorted(set.intersection(*(set(e["task_id"] for e in eps) for eps in runs.values())))
     by = {a: {e["task_id"]: e for e in eps} for a, eps in runs.items()}
-    hidden = any("hidden_by_trial" in e for eps in runs.values() for e in eps)
+    hidden = any("internal_success" in e for eps in runs.values() for e in eps)
     head = ["agent", *(f"after trial {k}" for k in range(1, trials + 1))]
     head += ["visible-test pass (agent's signal)"] if hidden else []
     head += ["reflexion only / other only", "p (McNemar)", "completion tok/task", "prompt tok/task"]

@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 
 def trials_problem(trials: list[Any], success: bool, max_trials: int) -> str | None:
     """Why an episode's trials do not make a finished episode, or None: a finished episode has at
-    least one trial, and all ``max_trials`` of them unless one succeeded.
+    least one trial, and all ``max_trials`` of them unless one succeeded or the agent stopped by
+    its own rule (its last trial says ``stopped``: Self-Refine's critique said the answer is done,
+    whatever the env's grade).
 
     Example:
         >>> trials_problem([], False, 2)
@@ -44,10 +46,13 @@ def trials_problem(trials: list[Any], success: bool, max_trials: int) -> str | N
         'ended after 1 of 2 trials without a success'
         >>> trials_problem([{"trial": 0}], True, 2) is None
         True
+        >>> trials_problem([{"trial": 0, "stopped": True}], False, 2) is None
+        True
     """
     if not trials:
         return "ended with no trial recorded"
-    if not success and len(trials) < max_trials:
+    stopped = isinstance(trials[-1], dict) and bool(trials[-1].get("stopped"))
+    if not success and len(trials) < max_trials and not stopped:
         return f"ended after {len(trials)} of {max_trials} trials without a success"
     return None
 

@@ -45,21 +45,23 @@ def match_tasks(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> lis
 def solved_by(episode: dict[str, Any], k: int | None = None) -> bool:
     """Whether the episode succeeded (``k=None``) or succeeded within its first ``k`` trials.
 
-    With hidden tests (HumanEval), "within k trials" is whether the answer the agent would hand
-    in after ``k`` trials passes them (``hidden_by_trial``): an agent that moved on from a
-    program the hidden tests would pass has not solved the task.
+    Where grades the agent never saw decide the episode (HumanEval's hidden tests; an agent that
+    stops on its own critique, as Self-Refine does), "within k trials" is whether the answer the
+    agent would hand in after ``k`` trials is right (``final_by_trial``; runs logged before it
+    was named say ``hidden_by_trial``): an agent that moved on from a right answer has not
+    solved the task.
 
     Example:
         >>> e = {"success": True, "first_success_trial": 1}
         >>> solved_by(e), solved_by(e, 1), solved_by(e, 2)
         (True, False, True)
-        >>> solved_by({"success": False, "hidden_by_trial": [True, False]}, 1)
+        >>> solved_by({"success": False, "final_by_trial": [True, False]}, 1)
         True
     """
     if k is None:
         return bool(episode.get("success"))
-    if episode.get("hidden_by_trial"):
-        graded = episode["hidden_by_trial"]
+    graded = episode.get("final_by_trial") or episode.get("hidden_by_trial")
+    if graded:
         return bool(graded[min(k, len(graded)) - 1])
     first = episode.get("first_success_trial")
     return first is not None and first < k

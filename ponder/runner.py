@@ -41,6 +41,7 @@ from ponder.environments import make, spec
 from ponder.environments.base import TextEnv
 from ponder.episodes import EpisodeLog, trials_problem
 from ponder.errors import ConfigError, PonderError, UnknownName
+from ponder.models.check import ensure_policy
 from ponder.models.factory import make_policy, make_prm
 from ponder.models.types import Policy, SamplingParams
 from ponder.report import write_report
@@ -164,6 +165,8 @@ def run(
         progress: show a Rich progress bar.
         on_episode: called with each finished episode record.
     """
+    if policy is not None:
+        ensure_policy(policy)  # a wrong object fails here, in one line, not deep in a graph node
     if cfg.agent not in AGENT_SPECS:
         raise UnknownName.for_registry("agent", cfg.agent, AGENT_SPECS)
     spec(cfg.env)  # fail on an unknown env before anything is written
@@ -389,18 +392,21 @@ def _episode_record(
         trials[i] = t
     searches = list(final.get("searches") or [])
     graded: dict[str, Any] = {}
-    if hidden is not None:  # the env's hidden tests grade the episode; its feedback was visible tests
+    # an agent that stops on its own signal (trials with ``stopped``: Self-Refine's critique)
+    # never sees the env's grades: they are hidden from it as hidden tests are, and it hands in
+    # its last answer, right or not (it may have moved on from a right one)
+    own_stop = bool(trials) and "stopped" in trials[-1]
+    unseen = hidden if hidden is not None or not own_stop else [bool(t["success"]) for t in trials]
+    if unseen is not None:  # grades the agent never saw decide the episode
         # success by trial k = the answer the agent would hand in after k trials passes
         by_trial = (
-            [hidden[min(k, len(hidden) - 1)] for k in range(trials_for(cfg.agent, cfg.trials))]
-            if hidden
+            [unseen[min(k, len(unseen) - 1)] for k in range(trials_for(cfg.agent, cfg.trials))]
+            if unseen
             else []
         )
-        graded = {
-            "success": bool(hidden and hidden[-1]),
-            "internal_success": bool(final.get("success")),
-            "hidden_by_trial": by_trial,
-        }
+        graded = {"success": bool(unseen and unseen[-1]), "final_by_trial": by_trial}
+        if hidden is not None:  # the env's hidden tests grade the episode; its feedback was visible tests
+            graded["internal_success"] = bool(final.get("success"))
     success_of = [t.get("hidden_success", t["success"]) for t in trials]
     first = next((t["trial"] for t, ok in zip(trials, success_of, strict=True) if ok), None)
     return {
