@@ -7,9 +7,13 @@ Side by side in one process, on the embedded SmolLM2-135M:
    question, ``--max-tokens`` new tokens at most, sampled with a per-agent seed. Three ways:
    ``naive``: ``LocalPolicy(engine=False)``, one transformers ``generate`` per request
    (requests take turns on the model); ``engine``: the same policy on the engine, every
-   agent streaming; ``serve``: ``ponder serve`` on 127.0.0.1 and the official ``openai``
-   client, streaming. Reported: generated tokens/s (all agents together), median time to
-   first token, and process memory.
+   agent streaming; ``serve``: ``ponder serve`` (this tree's, in a process of its own, as deployed)
+   on 127.0.0.1 and the official ``openai`` client, streaming. With ``--baseline-ref REF`` the
+   ``ponder serve`` of that git commit runs too (``git archive REF``, installed with
+   ``pip install --no-deps --target`` into a temp dir, started from there), with the same flags,
+   taking turns with this tree's at each agent count: both rows come from one run. Reported:
+   generated tokens/s (all agents together), median time to first token, and process memory
+   (the bench process's; a server process's own is not counted).
 2. **beam search** (``ponder.search.beam_search``, N samples per depth) on math tasks with and
    without prefix reuse (the engine copies the question and the steps so far instead of
    re-reading them).
@@ -20,13 +24,23 @@ Side by side in one process, on the embedded SmolLM2-135M:
 Usage:
     .venv/bin/python bench/engine_throughput.py                  # everything (~10 min on 2 cores)
     .venv/bin/python bench/engine_throughput.py --agents 1,32 --modes engine,serve --skip-beam
+    .venv/bin/python bench/engine_throughput.py --modes serve --baseline-ref a98f99d --turns 1 \
+        --skip-beam --skip-llama-cpp --skip-profile           # this tree's server vs a98f99d's
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import select
+import shutil
+import signal
 import statistics
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -53,9 +67,16 @@ TOPICS = [
 ]
 
 
-def rss_mb() -> float:
-    """Resident memory of this process now (MB)."""
-    with open("/proc/self/status") as f:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (robust to other load, unlike wall time)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    """Resident memory of this process (or of ``pid``) now (MB)."""
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
@@ -158,6 +179,68 @@ def serve_call(url: str, model: str):
         return "".join(parts), usage, first
 
     return call
+
+
+# -- ponder serve in a process of its own: this tree's, or a git commit's ---------------------------
+REPO = Path(__file__).resolve().parent.parent
+
+
+def install_ref(ref: str, root: Path) -> Path:
+    """The package at git ``ref``, installed (not editable) under ``root/site``; returns that folder."""
+    src, site = root / "src", root / "site"
+    src.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", ref], cwd=REPO, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--target", str(site), str(src)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if pip.returncode != 0:
+        raise RuntimeError(f"installing {ref} failed:\n{pip.stderr}")
+    return site
+
+
+class ServeProcess:
+    """``python -m ponder.cli serve --port 0`` in a subprocess; ``site`` (a ``install_ref`` folder)
+    serves that commit's code instead of this tree's. ``url`` once started."""
+
+    def __init__(self, batch: int, site: Path | None = None, name: str = "bench"):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        cwd = REPO
+        if site is not None:  # run from the install, away from the repo's own ./ponder folder
+            env["PYTHONPATH"] = str(site)
+            cwd = site.parent
+            found = subprocess.run(
+                [sys.executable, "-c", "import ponder.serve, ponder.models; print(ponder.serve.__file__)"],
+                cwd=cwd, env=env, capture_output=True, text=True, check=True,
+            ).stdout.strip()  # fmt: skip
+            if not found.startswith(str(site)):
+                raise RuntimeError(f"the baseline imports ponder from {found}, not from {site}")
+        self.name = name
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ponder.cli", "serve", "--port", "0", "--name", name,
+             "--max-batch-size", str(batch)],
+            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        out = self.proc.stdout
+        assert out is not None
+        ready, _, _ = select.select([out], [], [], 600)
+        line = out.readline() if ready else ""
+        match = re.search(r"serving \S+ at (http://\S+/v1)", line)
+        if not match:
+            self.stop()
+            raise RuntimeError(f"ponder serve did not start: {line!r}")
+        self.url = match.group(1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 # -- beam search with and without prefix reuse -------------------------------------------------
@@ -305,53 +388,94 @@ def main() -> None:
     ap.add_argument("--skip-llama-cpp", action="store_true")
     ap.add_argument("--skip-profile", action="store_true")
     ap.add_argument("--dtype", default="auto", help="engine dtype (auto: bfloat16 where the CPU has it)")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="runs per mode and agent count; the table keeps the best"
+    )
+    ap.add_argument(
+        "--baseline-ref",
+        help="also run the ponder serve of this git commit (e.g. a98f99d), side by side with this tree's",
+    )
     ap.add_argument("--out", default="runs/bench/engine_throughput.json")
     args = ap.parse_args()
     counts = [int(x) for x in args.agents.split(",")]
     modes = args.modes.split(",")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, rss at start {rss_mb():.0f} MB")
 
-    policy = LocalPolicy(max_batch_size=max(counts), engine_dtype=args.dtype)
+    in_process = {"naive", "engine"} & set(modes) or not (args.skip_beam and args.skip_profile)
+    policy = LocalPolicy(max_batch_size=max(counts), engine_dtype=args.dtype) if in_process else None
     naive = LocalPolicy(engine=False) if "naive" in modes else None
-    print(f"engine: {policy.describe()['engine']}; weights {policy.engine.decoder.nbytes() / 2**20:.0f} MB")
+    if policy is not None:
+        print(
+            f"engine: {policy.describe()['engine']}; weights {policy.engine.decoder.nbytes() / 2**20:.0f} MB"
+        )
     results: dict[str, Any] = {"agents": {}, "settings": vars(args)}
-    server = None
-    if "serve" in modes:
-        from ponder.serve import Server
-
-        server = Server(policy).start()
+    servers: dict[str, ServeProcess] = {}
+    baseline_dir = Path(tempfile.mkdtemp(prefix="ponder-baseline-")) if args.baseline_ref else None
     try:
-        for c in counts:
-            for mode in modes:
-                if mode == "naive" and (naive is None or c > args.naive_max_agents):
-                    continue
-                call = {
-                    "naive": lambda: naive_call(naive),
-                    "engine": lambda: engine_call(policy),
-                    "serve": lambda: serve_call(server.url, server.model_name),
-                }[mode]()
-                row = run_agents(call, c, args.turns, args.max_tokens)
-                results["agents"][f"{mode}@{c}"] = row
-                print(f"{mode:>7} x{c:<3} {row}", flush=True)
+        if "serve" in modes:
+            servers["serve"] = ServeProcess(max(counts))
+            if baseline_dir is not None:
+                site = install_ref(args.baseline_ref, baseline_dir)
+                servers[f"serve@{args.baseline_ref}"] = ServeProcess(max(counts), site)
+        for server in servers.values():  # a first request warms each up (allocations, caches)
+            serve_call(server.url, server.name)(
+                0, [{"role": "user", "content": "Hi"}], SamplingParams(max_tokens=8)
+            )
+        load = os.getloadavg()
+        print(f"load average before the runs: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+        results["runs"] = []
+        for k, c in enumerate(counts):
+            for r in range(args.repeat):
+                served = list(servers)[:: 1 if (k + r) % 2 == 0 else -1]  # take turns going first
+                for mode in [m for m in modes if m != "serve"] + served:
+                    if mode == "naive" and (naive is None or c > args.naive_max_agents or r):
+                        continue
+                    if mode in servers:
+                        call = serve_call(servers[mode].url, servers[mode].name)
+                    else:
+                        call = {"naive": lambda: naive_call(naive), "engine": lambda: engine_call(policy)}[
+                            mode
+                        ]()
+                    pid = servers[mode].proc.pid if mode in servers else None
+                    cpu = cpu_seconds(pid) if pid else 0.0
+                    row = run_agents(call, c, args.turns, args.max_tokens)
+                    row["load_1min"] = round(os.getloadavg()[0], 2)
+                    if pid:  # the server's CPU time per generated token: model, engine and HTTP together
+                        row["server_cpu_ms_per_tok"] = round(
+                            1000 * (cpu_seconds(pid) - cpu) / row["tokens"], 2
+                        )
+                        row["server_rss_mb"] = round(rss_mb(pid))
+                    results["runs"].append({"mode": mode, "agents": c, **row})
+                    best = results["agents"].get(f"{mode}@{c}")
+                    if (
+                        best is None or row["tok_s"] > best["tok_s"]
+                    ):  # best of --repeat: load spikes cost less
+                        results["agents"][f"{mode}@{c}"] = row
+                    print(f"{mode:>7} x{c:<3} {row}", flush=True)
         if not args.skip_llama_cpp:
             row = llama_cpp_bench(args.turns, args.max_tokens)
             results["llama_cpp@1"] = row
             print(f"llama.cpp x1   {row if row else 'not installed'}", flush=True)
-        if not args.skip_beam:
+        if not args.skip_beam and policy is not None:
             results["beam"] = beam_bench(policy, args.beam_tasks, args.beam_n, args.beam_width)
             for row in results["beam"]:
                 print(f"   beam {row}", flush=True)
-        if not args.skip_profile:
+        if not args.skip_profile and policy is not None and policy.engine is not None:
+            engine = policy.engine
             results["profile"] = {
-                f"{b}x{c}": policy.engine.call(profile_decode, policy, b, c)
+                f"{b}x{c}": engine.call(profile_decode, policy, b, c)
                 for b, c in ((1, 384), (max(counts), 384))
             }
             print(f"profile (rows x context): {results['profile']}", flush=True)
     finally:
-        if server is not None:
-            server.shutdown()
-        policy.close()
-    results["engine_info"] = {k: v for k, v in policy.engine.info().items() if k.endswith("bytes")}
+        for server in servers.values():
+            server.stop()
+        if baseline_dir is not None:
+            shutil.rmtree(baseline_dir, ignore_errors=True)
+        if policy is not None:
+            policy.close()
+    if policy is not None and policy.engine is not None:
+        results["engine_info"] = {k: v for k, v in policy.engine.info().items() if k.endswith("bytes")}
     results["rss_mb_end"] = round(rss_mb())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -362,18 +486,26 @@ def main() -> None:
 
 def print_table(results: dict[str, Any]) -> None:
     rows = results["agents"]
-    counts = sorted({int(k.split("@")[1]) for k in rows})
-    print(
-        "\n| agents | naive tok/s | engine tok/s | serve tok/s | engine / naive | TTFT engine | TTFT serve |"
-    )
-    print("|---|---|---|---|---|---|---|")
+    counts = sorted({int(k.rsplit("@", 1)[1]) for k in rows})
+    ref = results["settings"].get("baseline_ref")
+    base = f"serve@{ref}" if ref else None
+    head = "| agents | naive tok/s | engine tok/s | serve tok/s | engine / naive | TTFT engine | TTFT serve |"
+    if base:
+        head += f" {base} tok/s | TTFT {base} | serve / {base} | server CPU ms/token: serve, {base} |"
+    print("\n" + head)
+    print("|---" * (head.count("|") - 1) + "|")
     for c in counts:
-        n, e, s = (rows.get(f"{m}@{c}") for m in ("naive", "engine", "serve"))
+        n, e, s, b = (rows.get(f"{m}@{c}") for m in ("naive", "engine", "serve", base))
         ratio = f"{e['tok_s'] / n['tok_s']:.1f}x" if n and e else ""
-        print(
+        line = (
             f"| {c} | {n['tok_s'] if n else ''} | {e['tok_s'] if e else ''} | {s['tok_s'] if s else ''} "
             f"| {ratio} | {e['ttft_ms'] if e else ''} ms | {s['ttft_ms'] if s else ''} ms |"
         )
+        if base:
+            vs = f"{s['tok_s'] / b['tok_s']:.2f}x" if s and b else ""
+            cpu = f"{s.get('server_cpu_ms_per_tok')}, {b.get('server_cpu_ms_per_tok')}" if s and b else ""
+            line += f" {b['tok_s'] if b else ''} | {b['ttft_ms'] if b else ''} ms | {vs} | {cpu} |"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,28 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ponder.models.check import ensure_policy
 from ponder.models.fake import HashingEmbedder, ScriptedPolicy
 from ponder.models.prm import PRM, BasePRM, FunctionPRM, PRMUsage, aggregate_scores
-from ponder.models.types import BasePolicy, Completion, Message, Policy, Prompt, SamplingParams, TokenUsage
+from ponder.models.types import (
+    BasePolicy,
+    Completion,
+    Message,
+    Policy,
+    Prompt,
+    SamplingParams,
+    StreamingPolicy,
+    TokenUsage,
+)
 
 if TYPE_CHECKING:
+    from ponder.models.langchain_policy import LangChainPolicy
     from ponder.models.local import LocalPolicy
     from ponder.models.openai_policy import OpenAIPolicy
+    from ponder.models.prm_hf import HFPRM
+    from ponder.models.prm_oracle import LLMJudgePRM, TaskVerifierPRM, VerifierPRM
+    from ponder.models.prm_remote import RemotePRM
+    from ponder.models.prm_value import ValueHeadPRM
 
 __all__ = [
     "HFPRM",
@@ -27,6 +42,7 @@ __all__ = [
     "FunctionPRM",
     "HashingEmbedder",
     "LLMJudgePRM",
+    "LangChainPolicy",
     "LocalPolicy",
     "Message",
     "OpenAIPolicy",
@@ -36,10 +52,13 @@ __all__ = [
     "RemotePRM",
     "SamplingParams",
     "ScriptedPolicy",
+    "StreamingPolicy",
+    "TaskVerifierPRM",
     "TokenUsage",
     "ValueHeadPRM",
     "VerifierPRM",
     "aggregate_scores",
+    "ensure_policy",
 ]
 
 # Heavy backends import torch / openai: load them on first use only.
@@ -49,6 +68,8 @@ _LAZY = {
     "HFPRM": "ponder.models.prm_hf",
     "ValueHeadPRM": "ponder.models.prm_value",
     "VerifierPRM": "ponder.models.prm_oracle",
+    "TaskVerifierPRM": "ponder.models.prm_oracle",
+    "LangChainPolicy": "ponder.models.langchain_policy",
     "LLMJudgePRM": "ponder.models.prm_oracle",
     "RemotePRM": "ponder.models.prm_remote",
 }

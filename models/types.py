@@ -18,7 +18,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 from ponder.errors import ConfigError
 
@@ -83,8 +83,12 @@ class Prompt:
     @classmethod
     def chat(cls, messages: Sequence[Mapping[str, str] | Message], prefix: str = "") -> Prompt:
         return cls(
-            tuple(m if isinstance(m, Message) else Message(m["role"], m["content"]) for m in messages), prefix
-        )  # type: ignore[arg-type]
+            tuple(
+                m if isinstance(m, Message) else Message(cast(Role, m["role"]), m["content"])
+                for m in messages
+            ),
+            prefix,
+        )  # Message checks the role at run time
 
     def to_messages(self) -> list[dict[str, str]]:
         return [m.to_dict() for m in self.messages]
@@ -252,3 +256,68 @@ def apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """
     cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+# ---------------------------------------------------------------- streaming (what ``ponder serve`` serves)
+class StreamDelta(Protocol):
+    """What one sequence produced since its last delta.
+
+    ``tokens``: the new tokens, each with ``id``, ``logprob`` and ``top`` (``[(id, logprob)]``)
+    when the policy gives logprobs; may be empty when it does not. ``finish_reason`` is set on the
+    last delta only: ``"stop"``, ``"length"`` or ``"cancelled"``.
+    """
+
+    text: str
+    tokens: Sequence[Any]
+    finish_reason: str | None
+
+
+class DeltaStream(Protocol):
+    """One running sequence: iterate (blocking) for ``StreamDelta`` s; ``cancel`` ends it early
+    (its last delta says ``"cancelled"``); ``result`` waits for its ``Completion``."""
+
+    prompt_tokens: int
+    cancelled: bool
+
+    def __iter__(self) -> Any: ...
+
+    def cancel(self) -> None: ...
+
+    def result(self, timeout: float | None = None) -> Completion: ...
+
+
+@runtime_checkable
+class StreamingPolicy(Policy, Protocol):
+    """A ``Policy`` that can stream: what ``ponder serve`` serves (``LocalPolicy`` on its engine,
+    ``ScriptedPolicy``).
+
+    * ``render(prompt)``: the exact text the model continues (chat template, prefix);
+    * ``encode(prompt)``: its token ids (a chat ``Prompt`` rendered, raw text as given), so
+      ``len(encode(p))`` is the ``prompt_tokens`` a completion reports;
+    * ``stream(prompt, params, client=, top_logprobs=)``: start ``params.n`` sequences continuing
+      a chat ``Prompt``, raw text or token ids; one ``DeltaStream`` each. ``client`` names who
+      asks (for fair turns), ``top_logprobs`` how many alternatives each token lists. It raises
+      ``ConfigError`` for a prompt or option it cannot take (a policy without logprobs refuses
+      ``params.logprobs``) and ``BackendError`` when it cannot take more work now (a full queue).
+
+    Example:
+        >>> from ponder.models import ScriptedPolicy
+        >>> isinstance(ScriptedPolicy(["hi"]), StreamingPolicy)
+        True
+    """
+
+    def render(self, prompt: Prompt) -> str: ...
+
+    def encode(self, prompt: Prompt | str) -> list[int]: ...
+
+    def stream(
+        self,
+        prompt: Prompt | str | Sequence[int],
+        params: SamplingParams,
+        *,
+        client: Any = None,
+        top_logprobs: int = 0,
+    ) -> Sequence[DeltaStream]: ...
+
+
+__all__ += ["DeltaStream", "StreamDelta", "StreamingPolicy"]

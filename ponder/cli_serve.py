@@ -7,7 +7,8 @@
     OPENAI_BASE_URL=http://127.0.0.1:8000/v1 ponder run --policy openai --model smollm2-135m-instruct
 
 The first stdout line is ``serving MODEL at URL`` (with ``--port 0`` it carries the port
-picked). SIGINT or SIGTERM shuts down gracefully (running requests get ``--grace`` seconds)
+picked; the port is checked before the model loads). The server is FastAPI on uvicorn
+(``ponder.serve``). SIGINT or SIGTERM shuts down gracefully (running requests get ``--grace`` seconds)
 and exits 0; a second signal skips the grace. Errors are ``PonderError`` s: one line on
 stderr, exit status 2.
 
@@ -16,8 +17,8 @@ Example:
     >>> p = argparse.ArgumentParser(prog="ponder")
     >>> _ = add_serve_parser(p.add_subparsers(dest="command"))
     >>> a = p.parse_args(["serve", "--port", "0"])
-    >>> a.host, a.port, a.max_batch_size, a.max_connections, a.header_timeout
-    ('127.0.0.1', 0, 32, 128, 10.0)
+    >>> a.host, a.port, a.max_batch_size, a.max_connections, a.idle_timeout
+    ('127.0.0.1', 0, 32, 256, 15.0)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import argparse
 import sys
 from typing import Any
 
-from ponder.errors import ConfigError
+from ponder.errors import ConfigError, DependencyNotInstalled
 
 __all__ = ["add_serve_parser", "cmd_serve"]
 
@@ -40,7 +41,6 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``serve`` to the ``ponder`` subcommands; it sets ``fn`` like the other commands."""
     from ponder.serve import (
         DEFAULT_BODY_TIMEOUT,
-        DEFAULT_HEADER_TIMEOUT,
         DEFAULT_IDLE_TIMEOUT,
         DEFAULT_MAX_CONNECTIONS,
         DEFAULT_MAX_N,
@@ -74,14 +74,8 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--max-connections",
         type=int,
         default=DEFAULT_MAX_CONNECTIONS,
-        help="connections served at once, a thread each; past it a new one replaces the connection idle "
-        f"longest, or gets a 503 when none is idle (default {DEFAULT_MAX_CONNECTIONS})",
-    )
-    p.add_argument(
-        "--header-timeout",
-        type=float,
-        default=DEFAULT_HEADER_TIMEOUT,
-        help=f"seconds for a request line and headers to arrive (default {DEFAULT_HEADER_TIMEOUT:g})",
+        help="connections and requests at once (uvicorn's limit_concurrency); past it new requests get 503 "
+        f"(default {DEFAULT_MAX_CONNECTIONS})",
     )
     p.add_argument(
         "--body-timeout",
@@ -120,13 +114,20 @@ def _check_port_free(host: str, port: int) -> None:
 def cmd_serve(a: argparse.Namespace) -> int:
     from ponder.models.factory import make_prm
     from ponder.models.local import LocalPolicy
+    from ponder.models.prm import PerTaskPRM
     from ponder.serve import Server
 
     if not 0 <= a.port <= 65535:
         raise ConfigError(f"--port must be 0..65535, got {a.port}")
     if a.grace < 0:
         raise ConfigError(f"--grace must be >= 0 seconds, got {a.grace}")
+    if a.prm and a.prm.lower() in ("verifier", "none"):  # the verifier needs each task's answer
+        raise ConfigError(f"--prm {a.prm} cannot be served; pass a PRM folder (ponder prm train writes one)")
     _check_port_free(a.host, a.port)  # before the model loads, not after
+    try:  # the serve extra, also before the model loads
+        import ponder.serve.app  # noqa: F401
+    except ImportError as e:
+        raise DependencyNotInstalled.for_extra(e.name or "fastapi", "serve") from e
     policy = LocalPolicy(
         a.model, device=a.device, dtype=a.dtype, max_batch_size=a.max_batch_size, engine=True
     )
@@ -134,7 +135,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         prm = None
         if a.prm:
             prm = make_prm(a.prm, policy=policy, device=a.device, dtype=a.dtype)
-            if prm is None or isinstance(prm, str):  # "none", or the verifier, which needs each task's answer
+            if prm is None or isinstance(prm, PerTaskPRM):  # a PRM that must be bound to a task first
                 raise ConfigError(
                     f"--prm {a.prm} cannot be served; pass a PRM folder (ponder prm train writes one)"
                 )
@@ -147,7 +148,6 @@ def cmd_serve(a: argparse.Namespace) -> int:
             max_tokens_limit=a.max_tokens_limit,
             max_n=a.max_n,
             max_connections=a.max_connections,
-            header_timeout=a.header_timeout,
             body_timeout=a.body_timeout,
             idle_timeout=a.idle_timeout,
         )

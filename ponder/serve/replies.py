@@ -1,11 +1,13 @@
-"""A generation's answer: ``_Job`` reads its engine streams, ``_Reply`` writes them as JSON or SSE.
+"""A generation's answer: ``Job`` brings its streams into the event loop, ``Reply`` writes JSON or SSE.
 
-A ``_Job`` holds the ``n`` streams of one request, each read by a thread into one queue that the
-request's thread drains, checking every ``_TICK`` that the client is still there.
+A policy's streams block when read (``DeltaStream``), so a ``Job`` reads each on a thread of its
+own and hands ``(choice, delta)`` to the event loop through one ``asyncio.Queue``; the last delta
+of a choice comes with its ``Completion`` (whose text, decoded at once, is what ``generate``
+returns). ``Reply`` turns them into OpenAI's objects.
 
 Logprobs come in OpenAI's two formats: chat (``content`` entries with ``bytes`` and
 ``top_logprobs``) and legacy (``tokens``, ``token_logprobs``, ``top_logprobs``, ``text_offset``).
-A token's text is its own bytes decoded as UTF-8 (``_Pieces``); -inf is reported as -9999.
+A token's text is its own bytes decoded as UTF-8 (``Pieces``); -inf is reported as -9999.
 
 Example:
     >>> _lp(float("-inf")), _lp(-0.5)
@@ -16,27 +18,25 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
 import math
-import queue
 import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ponder.errors import PonderError
-from ponder.serve.requests import ApiError, _ClientGone
+from ponder.serve.requests import ApiError
 
 if TYPE_CHECKING:
-    from ponder.models.types import SamplingParams
-    from ponder.serve.http import _Handler
-    from ponder.serve.server import Server
+    from ponder.models.types import Completion, DeltaStream, SamplingParams
 
-log = logging.getLogger("ponder.serve")  # one logger for the package, as before it was split
-
-_TICK = 0.25  # seconds between checks that a waiting client is still connected
+log = logging.getLogger("ponder.serve")
 
 
 # ---------------------------------------------------------------- token pieces
@@ -57,7 +57,7 @@ _BYTE_DECODER = _byte_decoder()
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # sentencepiece byte fallback
 
 
-class _Pieces:
+class Pieces:
     """Token id -> (text, bytes) as OpenAI reports a token in logprobs; cached per id."""
 
     def __init__(self, tokenizer: Any):
@@ -93,102 +93,102 @@ def _lp(value: float | None) -> float:
 
 
 # ---------------------------------------------------------------- one request's sequences
-class _Job:
-    """The ``n`` streams of one request, read by one thread each into a single queue."""
+class Job:
+    """The ``n`` streams of one request, each read on a thread into one queue of the event loop."""
 
-    def __init__(self, streams: list[Any]):
+    def __init__(self, streams: Sequence[DeltaStream], loop: asyncio.AbstractEventLoop):
         self.streams = streams
-        self._events: queue.SimpleQueue[tuple[int, Any, BaseException | None]] = queue.SimpleQueue()
+        self.completions: list[Completion | None] = [None] * len(streams)
+        self._loop = loop
+        self._queue: asyncio.Queue[tuple[int, Any, Any, BaseException | None]] = asyncio.Queue()
         self._open = len(streams)
-        self._readers = [
-            threading.Thread(target=self._read, args=(i, s), name="ponder-serve-reader", daemon=True)
-            for i, s in enumerate(streams)
-        ]
-        for t in self._readers:
-            t.start()
+        for i, s in enumerate(streams):
+            threading.Thread(target=self._read, args=(i, s), name="ponder-serve-reader", daemon=True).start()
 
-    def _read(self, index: int, stream: Any) -> None:
+    def _read(self, index: int, stream: DeltaStream) -> None:
         try:
             for delta in stream:
-                self._events.put((index, delta, None))
-        except BaseException as e:  # the engine failed: hand the error to the request thread
-            self._events.put((index, None, e))
+                done = stream.result(timeout=30) if delta.finish_reason is not None else None
+                self._put((index, delta, done, None))
+        except BaseException as e:  # the policy failed: hand the error to the request
+            self._put((index, None, None, e))
 
-    def events(self, check: Callable[[], None]) -> Iterator[tuple[int, Any]]:
-        """``(choice index, Delta)`` in arrival order until every stream has ended; ``check()``
-        runs every ``_TICK`` seconds whether deltas flow or not (it may raise to stop)."""
-        due = time.monotonic() + _TICK
+    def _put(self, item: tuple[int, Any, Any, BaseException | None]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits for this request
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    async def events(self) -> AsyncIterator[tuple[int, Any]]:
+        """``(choice index, delta)`` in arrival order until every stream has ended."""
         while self._open:
-            try:
-                index, delta, error = self._events.get(timeout=max(0.0, due - time.monotonic()))
-            except queue.Empty:
-                index, delta, error = -1, None, None
-            if time.monotonic() >= due:
-                check()
-                due = time.monotonic() + _TICK
-            if delta is None and error is None:
-                continue
+            index, delta, done, error = await self._queue.get()
             if error is not None:
                 self._open -= 1
                 raise error
-            if delta.finish_reason is not None:
+            if done is not None:
                 self._open -= 1
+                self.completions[index] = done
             yield index, delta
 
     def cancel(self) -> None:
-        for s in self.streams:
-            s.cancel()
-
-    def close(self) -> None:
-        """Cancel whatever still runs and wait for the readers (they end once their stream does)."""
-        if any(t.is_alive() for t in self._readers):
-            self.cancel()
-        for t in self._readers:
-            t.join(timeout=10)
+        """Cancel the streams that have not ended (a stream's ``cancelled`` flag stays honest)."""
+        for s, done in zip(self.streams, self.completions, strict=True):
+            if done is None:
+                s.cancel()
 
 
 # ---------------------------------------------------------------- one request's answer
-class _Reply:
-    """Writes one generation request's answer: whole JSON or an SSE stream."""
+class Reply:
+    """One generation request's answer: whole JSON (``whole``) or server-sent events (``events``).
+
+    ``pieces`` names tokens in logprobs (None: the policy gives none); ``why`` says why a stream
+    was cancelled (shutting down, the engine stopped).
+    """
 
     def __init__(
-        self, server: Server, h: _Handler, job: _Job, *, chat: bool, params: SamplingParams, top_k: int
+        self,
+        job: Job,
+        *,
+        model: str,
+        chat: bool,
+        params: SamplingParams,
+        top_k: int,
+        pieces: Pieces | None,
+        why: Callable[[], str],
     ):
-        self.server, self.h, self.job, self.chat = server, h, job, chat
-        self.params, self.top_k = params, top_k
+        self.job, self.model, self.chat, self.params, self.top_k = job, model, chat, params, top_k
+        self.pieces, self.why = pieces, why
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
-        self.object = "chat.completion" if chat else "text_completion"
         self.n = len(job.streams)
         self.prompt_tokens = int(job.streams[0].prompt_tokens)
         self.offsets = [0] * self.n  # legacy text_offset per choice
 
-    def _check(self) -> None:
-        if self.h.client_gone():
-            self.job.cancel()
-            raise _ClientGone
-
     def _cancelled(self) -> ApiError:
-        why = "the server is shutting down" if self.server._draining else "the engine stopped"
         return ApiError(
-            503, f"generation was cancelled: {why}; retry", type="server_error", headers={"retry-after": "5"}
+            503,
+            f"generation was cancelled: {self.why()}; retry",
+            type="server_error",
+            headers={"retry-after": "5"},
         )
 
-    # -- logprobs -----------------------------------------------------------------------
-    def _chat_logprobs(self, tokens: list[Any]) -> dict[str, Any]:
-        piece = self.server.pieces()
-        content = []
-        for t in tokens:
-            text, data = piece(t.id)
-            top = [
-                {"token": (p := piece(tid))[0], "logprob": _lp(lp), "bytes": p[1]}
-                for tid, lp in (t.top or [])
-            ][: self.top_k]
-            content.append({"token": text, "logprob": _lp(t.logprob), "bytes": data, "top_logprobs": top})
-        return {"content": content, "refusal": None}
+    def _usage(self) -> dict[str, int]:
+        completion = sum(c.completion_tokens for c in self.job.completions if c is not None)
+        total = self.prompt_tokens + completion
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion, "total_tokens": total}
 
-    def _legacy_logprobs(self, index: int, tokens: list[Any]) -> dict[str, Any]:
-        piece = self.server.pieces()
+    # -- logprobs -----------------------------------------------------------------------
+    def _logprobs(self, index: int, tokens: list[Any]) -> dict[str, Any] | None:
+        if not self.params.logprobs or self.pieces is None:
+            return None
+        piece = self.pieces
+        if self.chat:
+            content = []
+            for t in tokens:
+                text, data = piece(t.id)
+                top = [{"token": (p := piece(tid))[0], "logprob": _lp(lp), "bytes": p[1]}
+                       for tid, lp in (t.top or [])[: self.top_k]]  # fmt: skip
+                content.append({"token": text, "logprob": _lp(t.logprob), "bytes": data, "top_logprobs": top})
+            return {"content": content, "refusal": None}
         out: dict[str, list[Any]] = {
             "tokens": [],
             "token_logprobs": [],
@@ -206,56 +206,44 @@ class _Reply:
             self.offsets[index] += len(text)
         return out
 
-    def _usage(self, completion_tokens: int) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": self.prompt_tokens + completion_tokens,
-        }
-
     # -- whole answer -------------------------------------------------------------------
-    def whole(self) -> None:
+    async def whole(self) -> dict[str, Any]:
         tokens: list[list[Any]] = [[] for _ in range(self.n)]
         finish: list[str | None] = [None] * self.n
-        for i, delta in self.job.events(self._check):
+        async for i, delta in self.job.events():
             tokens[i].extend(delta.tokens)
             finish[i] = delta.finish_reason or finish[i]
         if "cancelled" in finish:
             raise self._cancelled()
-        # the text as generate returns it: the whole completion decoded at once
-        done = [s.result(timeout=30) for s in self.job.streams]
         choices = []
-        for i, c in enumerate(done):
+        for i, c in enumerate(self.job.completions):
+            assert c is not None
             choice: dict[str, Any] = {"index": i}
             if self.chat:
                 choice["message"] = {"role": "assistant", "content": c.text}
-                choice["logprobs"] = self._chat_logprobs(tokens[i]) if self.params.logprobs else None
             else:
                 choice["text"] = c.text
-                choice["logprobs"] = self._legacy_logprobs(i, tokens[i]) if self.params.logprobs else None
+            choice["logprobs"] = self._logprobs(i, tokens[i])
             choice["finish_reason"] = finish[i]
             choice["stop_reason"] = c.stop_reason  # vLLM's extra field: the stop string matched
             choices.append(choice)
-        self.h.send_json(
-            200,
-            {
-                "id": self.id,
-                "object": self.object,
-                "created": self.created,
-                "model": self.server.model_name,
-                "choices": choices,
-                "usage": self._usage(sum(c.completion_tokens for c in done)),
-                "system_fingerprint": None,
-            },
-        )
+        return {
+            "id": self.id,
+            "object": "chat.completion" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": self._usage(),
+            "system_fingerprint": None,
+        }
 
     # -- streamed answer ----------------------------------------------------------------
     def _chunk(self, choices: list[dict[str, Any]], include_usage: bool) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion.chunk" if self.chat else "text_completion",
             "created": self.created,
-            "model": self.server.model_name,
+            "model": self.model,
             "choices": choices,
             "system_fingerprint": None,
         }
@@ -263,59 +251,43 @@ class _Reply:
             out["usage"] = None
         return out
 
-    def stream(self, include_usage: bool) -> None:
-        h = self.h
+    async def events(self, include_usage: bool) -> AsyncIterator[bytes]:
+        """The answer as SSE ``data:`` lines; an error mid-stream is an ``{"error": ...}`` event
+        (no ``[DONE]`` after it), as OpenAI's client expects."""
         try:
-            h.start_events()
             if self.chat:  # the role comes first, as OpenAI sends it
                 for i in range(self.n):
-                    first = {
-                        "index": i,
-                        "delta": {"role": "assistant", "content": ""},
-                        "logprobs": None,
-                        "finish_reason": None,
-                    }
-                    h.send_event(self._chunk([first], include_usage))
-            generated = 0
-            for i, delta in self.job.events(self._check):
+                    first = {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                             "finish_reason": None}  # fmt: skip
+                    yield _event(self._chunk([first], include_usage))
+            async for i, delta in self.job.events():
                 if delta.finish_reason == "cancelled":
-                    h.send_event(self._cancelled().body())
-                    h.end_events(done=False)
-                    h.close_connection = True
+                    yield _event(self._cancelled().body())
                     return
-                generated += len(delta.tokens)
                 if delta.text or (self.params.logprobs and delta.tokens):
-                    h.send_event(self._chunk([self._piece(i, delta)], include_usage))
+                    piece: dict[str, Any] = {"index": i, "logprobs": self._logprobs(i, delta.tokens),
+                                             "finish_reason": None}  # fmt: skip
+                    piece.update({"delta": {"content": delta.text}} if self.chat else {"text": delta.text})
+                    yield _event(self._chunk([piece], include_usage))
                 if delta.finish_reason is not None:
-                    stop = self.job.streams[i].result(timeout=30).stop_reason
-                    end: dict[str, Any] = {
-                        "index": i,
-                        "logprobs": None,
-                        "finish_reason": delta.finish_reason,
-                        "stop_reason": stop,
-                    }
+                    done = self.job.completions[i]
+                    end: dict[str, Any] = {"index": i, "logprobs": None, "finish_reason": delta.finish_reason,
+                                           "stop_reason": done.stop_reason if done else None}  # fmt: skip
                     end.update({"delta": {}} if self.chat else {"text": ""})
-                    h.send_event(self._chunk([end], include_usage))
+                    yield _event(self._chunk([end], include_usage))
             if include_usage:
-                last = self._chunk([], False)
-                last["usage"] = self._usage(generated)
-                h.send_event(last)
-            h.end_events(done=True)
-        except OSError as e:  # the client went away mid-stream
-            self.job.cancel()
-            raise _ClientGone from e
-        except PonderError as e:  # the engine failed mid-stream: say so in the stream's own way
+                last = {**self._chunk([], False), "usage": self._usage()}
+                yield _event(last)
+            yield b"data: [DONE]\n\n"
+        except PonderError as e:  # the policy failed mid-stream: say so in the stream's own way
             log.warning("stream %s failed: %s", self.id, e)
-            h.close_connection = True
-            try:
-                h.send_event(ApiError(503, str(e), type="server_error").body())
-                h.end_events(done=False)
-            except OSError:
-                pass
+            yield _event(ApiError(503, str(e), type="server_error").body())
+        except Exception as e:  # a bug: the headers are sent, so the error goes in the stream
+            log.exception("stream %s failed", self.id)
+            yield _event(
+                ApiError(500, f"internal server error ({type(e).__name__}: {e})", type="server_error").body()
+            )
 
-    def _piece(self, i: int, delta: Any) -> dict[str, Any]:
-        if self.chat:
-            lps = self._chat_logprobs(delta.tokens) if self.params.logprobs else None
-            return {"index": i, "delta": {"content": delta.text}, "logprobs": lps, "finish_reason": None}
-        lps = self._legacy_logprobs(i, delta.tokens) if self.params.logprobs else None
-        return {"index": i, "text": delta.text, "logprobs": lps, "finish_reason": None}
+
+def _event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"

@@ -1,36 +1,45 @@
-"""Reading a request: its fields checked one by one, OpenAI's error shape, prompts and sampling.
+"""Request bodies as pydantic models, OpenAI's error shape, and what a body asks for.
 
-Every check raises ``ApiError`` with one line that names the field and the fix; the HTTP layer
-answers it as ``{"error": {"message", "type", "param", "code"}}`` with its status.
+A body is parsed and checked in one step (``parse``): strict types (``"n": true`` or
+``"max_tokens": "8"`` are errors), ``null`` meaning the default, unknown fields ignored, the
+server's own limits (``Limits``) read from the validation context. Every problem becomes an
+``ApiError`` whose message is one line naming the field and the fix; the app answers it as
+``{"error": {"message", "type", "param", "code"}}``.
 
 Example:
-    >>> _stops({"stop": ["Q:", "END"]})
-    ('Q:', 'END')
-    >>> params, top_k, stream, include_usage = _sampling(
-    ...     {"max_tokens": 8, "n": 2}, chat=True, policy=None, max_tokens_limit=64, max_n=4
-    ... )
-    >>> params.n, params.max_tokens, top_k, stream
-    (2, 8, 0, False)
+    >>> limits = Limits(max_tokens=64, max_n=4, max_top_logprobs=20)
+    >>> body = parse(ChatBody, b'{"messages": [{"role": "user", "content": "hi"}], "n": 2, "stop": "Q:"}', limits)
+    >>> params, top_k, include_usage = body.sampling(limits)
+    >>> params.n, params.max_tokens, params.stop, top_k
+    (2, 64, ('Q:',), 0)
+    >>> try:
+    ...     parse(ChatBody, b'{"messages": [{"role": "user", "content": "hi"}], "n": 9}', limits)
+    ... except ApiError as e:
+    ...     print(e.status, e.param, e.message)
+    400 n n must be at most 4 on this server, got 9; send fewer
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, NamedTuple, TypeVar, cast
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from ponder.errors import ConfigError
 from ponder.models.types import Prompt, SamplingParams
 
 MAX_STOP = 16
 COMPLETIONS_MAX_TOKENS = 16  # OpenAI's and vLLM's default for /v1/completions
-#: arrays and objects nested deeper than this are refused before the body is parsed. Every later
-#: step recurses once per level (json.loads, json.dumps in an error message, comparing a value,
-#: logging it) and Python stops at 1000 levels (a RecursionError, a 500); the API nests 4 deep.
-MAX_JSON_DEPTH = 64
-_BRACKET_STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 / -1 as signed bytes
-_NOT_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
 # fields this server cannot honour: accepted only with these "off" values
 _UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "frequency_penalty": (0, 0.0),
@@ -43,6 +52,13 @@ _UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "response_format": ({"type": "text"},),
     "suffix": ("",),
     "echo": (False,),
+}
+# what a missing field should hold, for its error message
+_EXPECTED = {
+    "messages": 'a non-empty list of {"role", "content"} objects',
+    "prompt": "a string, or a list of token ids",
+    "question": "the problem text, a string",
+    "steps": 'a list of candidates, each a list of step strings, e.g. [["2+3=5"]]',
 }
 
 
@@ -67,124 +83,108 @@ class ApiError(Exception):
     ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-        self.headers = headers or {}
-        self.close = close  # the request body was not read: the connection cannot be reused
+        self.headers = dict(headers or {})
+        if close:  # the request body was not read: the connection cannot be reused
+            self.headers["connection"] = "close"
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-def _overloaded(message: str) -> ApiError:
+def overloaded(message: str) -> ApiError:
     return ApiError(503, message, type="server_error", code="overloaded", headers={"retry-after": "1"})
 
 
-class _ClientGone(Exception):
-    """The client closed its connection; nothing more can be sent."""
+class Limits(NamedTuple):
+    """The server's limits a body is checked against."""
+
+    max_tokens: int
+    max_n: int
+    max_top_logprobs: int
 
 
-# ---------------------------------------------------------------- the body
-def _nested_deeper_than(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Whether the arrays and objects of a JSON text nest more than ``limit`` deep (brackets
-    inside strings do not count). Linear and without recursion: C-speed passes over the bytes.
-
-    Example:
-        >>> _nested_deeper_than(b'[{"a": "[[[[["}]', 2), _nested_deeper_than(b"[" * 10**5, 64)
-        (False, True)
-    """
-    if data.count(b"[") + data.count(b"{") <= limit:  # the usual body: no need to look closer
-        return False
-    # drop escaped backslashes, then escaped quotes: every quote left opens or closes a string
-    plain = data.replace(b"\\\\", b"").replace(b'\\"', b"")
-    outside = b"".join(plain.split(b'"')[::2])
-    steps = outside.translate(_BRACKET_STEP, _NOT_BRACKET)
-    return max(itertools.accumulate(memoryview(steps).cast("b")), default=0) > limit
+# ---------------------------------------------------------------- parsing and its errors
+def parse(model: type[M], data: bytes, limits: Limits) -> M:
+    """``data`` (a JSON body) as ``model``, or an ``ApiError`` (400) naming the first problem."""
+    try:
+        return model.model_validate_json(data, strict=True, context=limits)
+    except ValidationError as e:
+        raise from_validation(e.errors(include_url=False)) from None
 
 
-def _too_deep() -> ApiError:
-    return ApiError(
-        400,
-        f"the body is nested too deeply (more than {MAX_JSON_DEPTH} levels of arrays and objects); "
-        "send a flatter JSON object",
-        code="nested_too_deeply",
+def _param(loc: tuple[int | str, ...]) -> str | None:
+    """``("messages", 0, "content")`` -> ``"messages[0].content"``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out or None
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def from_validation(errors: Sequence[Any]) -> ApiError:
+    """The first of pydantic's validation errors as a one-line 400 naming the field and the fix."""
+    err = errors[0]
+    kind, msg, param = err["type"], err["msg"], _param(err["loc"])
+    if kind == "json_invalid":
+        why = msg.removeprefix("Invalid JSON: ")
+        return ApiError(400, f"the body is not valid JSON ({why}); send a JSON object", code="invalid_json")
+    if param is None:
+        return ApiError(400, "the body must be a JSON object", code="invalid_json")
+    if kind == "missing":
+        hint = _EXPECTED.get(param)
+        return ApiError(400, f"{param} is required" + (f": {hint}" if hint else "; add it"), param=param)
+    if kind == "value_error":  # our validators' words, about the field by its own name
+        msg, own = msg.removeprefix("Value error, "), str(err["loc"][-1])
+        said = param + msg[len(own) :] if msg.startswith(own) else f"{param}: {msg}"
+        return ApiError(400, said, param=param)
+    if kind == "too_short":
+        return ApiError(400, f"{param} is empty; send at least one", param=param)
+    fix = "send one of those" if kind == "literal_error" else "send a valid value"
+    if kind.startswith(("greater_than", "less_than")):
+        fix = "send a value in range"
+    said = (
+        msg.replace("Input should be", "must be", 1)
+        if msg.startswith("Input should be")
+        else f"is invalid ({msg})"
     )
+    return ApiError(400, f"{param} {said}, got {_show(err['input'])}; {fix}", param=param)
 
 
-# ---------------------------------------------------------------- request fields
-def _int(body: dict[str, Any], name: str, default: int | None, lo: int, hi: int | None = None) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ApiError(400, f"{name} must be an integer, got {json.dumps(value)}", param=name)
-    if value < lo or (hi is not None and value > hi):
-        span = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-        raise ApiError(400, f"{name} must be {span}, got {value}; send a value in range", param=name)
-    return value
+# ---------------------------------------------------------------- the bodies
+_STRICT = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+M = TypeVar("M", bound=BaseModel)
 
 
-def _float(
-    body: dict[str, Any], name: str, default: float, lo: float, hi: float, lo_open: bool = False
-) -> float:
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise ApiError(400, f"{name} must be a number, got {json.dumps(value)}", param=name)
-    if value > hi or value < lo or (lo_open and value == lo):
-        span = f"in ({lo:g}, {hi:g}]" if lo_open else f"between {lo:g} and {hi:g}"
-        raise ApiError(400, f"{name} must be {span}, got {value:g}; send a value in range", param=name)
-    return float(value)
+class _Model(BaseModel):
+    model_config = _STRICT
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
 
-def _bool(body: dict[str, Any], name: str, default: bool) -> bool:
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise ApiError(400, f"{name} must be true or false, got {json.dumps(value)}", param=name)
-    return value
+class StreamOptions(_Model):
+    include_usage: bool = False
 
 
-def _str(body: dict[str, Any], name: str) -> str | None:
-    value = body.get(name)
-    if value is not None and not isinstance(value, str):
-        raise ApiError(400, f"{name} must be a string, got {json.dumps(value)[:80]}", param=name)
-    return value
+class ChatMessage(_Model):
+    role: Literal["system", "user", "assistant", "developer"]
+    content: Any
 
-
-def _stops(body: dict[str, Any]) -> tuple[str, ...]:
-    value = body.get("stop")
-    if value is None:
-        return ()
-    stops = [value] if isinstance(value, str) else value
-    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-        raise ApiError(400, "stop must be a string or a list of strings", param="stop")
-    if any(not s for s in stops):
-        raise ApiError(400, "stop contains an empty string; remove it", param="stop")
-    if len(stops) > MAX_STOP:
-        raise ApiError(400, f"stop has {len(stops)} strings, at most {MAX_STOP} are allowed", param="stop")
-    return tuple(stops)
-
-
-def _check_unsupported(body: dict[str, Any]) -> None:
-    for name, off in _UNSUPPORTED.items():
-        value = body.get(name)
-        if value is not None and value not in off:
-            raise ApiError(
-                400,
-                f"{name}={json.dumps(value)[:60]} is not supported by this server; leave it out",
-                param=name,
-            )
-
-
-def _content(value: Any, where: str) -> str:
-    """A message's text: a string, or a list of ``{"type": "text", "text": ...}`` parts."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        texts = []
+    @field_validator("content")
+    @classmethod
+    def _text(cls, value: Any) -> str:
+        """A string, or a list of ``{"type": "text", "text": ...}`` parts (joined by newlines, as vLLM
+        does for a text-only model)."""
+        if isinstance(value, str):
+            return value
+        if not isinstance(value, list):
+            raise ValueError("content must be a string or a list of text parts")
         for k, part in enumerate(value):
             if (
                 not isinstance(part, dict)
@@ -192,140 +192,171 @@ def _content(value: Any, where: str) -> str:
                 or not isinstance(part.get("text"), str)
             ):
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise ApiError(
-                    400, f"{where}[{k}] is a {kind!r} part; only text parts are supported", param=where
-                )
-            texts.append(part["text"])
-        return "\n".join(texts)  # as vLLM joins text parts for a text-only model
-    raise ApiError(400, f"{where} must be a string or a list of text parts", param=where)
+                raise ValueError(f"content[{k}] is a {kind!r} part; only text parts are supported, send text")
+        return "\n".join(part["text"] for part in value)
 
 
-# ---------------------------------------------------------------- prompts and sampling
-def _chat_prompt(body: dict[str, Any], policy: Any) -> Prompt | str:
-    """The prompt of a chat request: its ``messages``, rendered by ``policy``'s tokenizer only
-    when the request renders the conversation as is (``add_generation_prompt=false``)."""
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(
-            400, 'messages is required: a non-empty list of {"role", "content"} objects', param="messages"
-        )
-    parsed = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise ApiError(400, f"messages[{i}] must be an object with role and content", param="messages")
-        role = "system" if m.get("role") == "developer" else m.get("role")
-        if role not in ("system", "user", "assistant"):
-            raise ApiError(
-                400,
-                f"messages[{i}].role {m.get('role')!r} is not supported; use system, user or assistant",
-                param="messages",
+class _Generate(_Model):
+    """The fields of both generation endpoints."""
+
+    model: str | None = None
+    n: int = Field(1, ge=1)
+    best_of: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = None
+    stop: Any = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    frequency_penalty: Any = None
+    presence_penalty: Any = None
+    logit_bias: Any = None
+
+    @field_validator("frequency_penalty", "presence_penalty", "logit_bias", "tools", "functions",
+                     "tool_choice", "function_call", "response_format", "suffix", "echo",
+                     check_fields=False)  # fmt: skip
+    @classmethod
+    def _unsupported(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and value not in _UNSUPPORTED[str(info.field_name)]:
+            raise ValueError(
+                f"{info.field_name}={_show(value)} is not supported by this server; leave it out"
             )
-        parsed.append({"role": role, "content": _content(m.get("content"), f"messages[{i}].content")})
-    cont = _bool(body, "continue_final_message", False)
-    add = body.get("add_generation_prompt")
-    if add is not None:
-        add = _bool(body, "add_generation_prompt", True)
-    if cont:
-        if add:
-            raise ApiError(
-                400,
-                "continue_final_message and add_generation_prompt cannot both be true; "
-                "send add_generation_prompt=false",
-                param="add_generation_prompt",
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: Any) -> tuple[str, ...]:
+        stops = [value] if isinstance(value, str) else value
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise ValueError("stop must be a string or a list of strings")
+        if any(not s for s in stops):
+            raise ValueError("stop contains an empty string; remove it")
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"stop has {len(stops)} strings, at most {MAX_STOP} are allowed; send fewer")
+        return tuple(stops)
+
+    @field_validator("n", "max_tokens", "max_completion_tokens", "top_logprobs", "logprobs", "seed",
+                     check_fields=False)  # fmt: skip
+    @classmethod
+    def _within_limits(cls, value: Any, info: ValidationInfo) -> Any:
+        limits = cast(Limits, info.context)
+        if not isinstance(value, int) or isinstance(value, bool):
+            return value  # a chat ``logprobs`` flag
+        name = info.field_name
+        most = {"n": limits.max_n, "max_tokens": limits.max_tokens, "max_completion_tokens": limits.max_tokens,
+                "top_logprobs": limits.max_top_logprobs, "logprobs": limits.max_top_logprobs}.get(str(name))  # fmt: skip
+        if name == "seed":  # sample i draws from seed + i
+            if not -(2**63) <= value <= 2**63 - 1 - limits.max_n:
+                raise ValueError(f"seed must fit in 64 bits, got {value}; send a smaller seed")
+        elif most is not None and value > most:
+            raise ValueError(f"{name} must be at most {most} on this server, got {value}; send fewer")
+        elif value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}; send a value in range")
+        return value
+
+    def _sampling(self, max_tokens: int | None, default: int, logprobs: bool, top_k: int) -> SamplingParams:
+        if self.best_of is not None and self.best_of != self.n:
+            raise ApiError(400, "best_of is not supported; leave it out (or equal to n)", param="best_of")
+        try:
+            return SamplingParams(
+                n=self.n,
+                max_tokens=max_tokens or default,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                stop=self.stop or (),
+                seed=self.seed,
+                logprobs=logprobs,
             )
-        if parsed[-1]["role"] != "assistant" or len(parsed) < 2:
-            raise ApiError(
-                400,
-                "continue_final_message needs a final assistant message after at least one other",
-                param="messages",
-            )
-        return Prompt.chat(parsed[:-1], prefix=parsed[-1]["content"])
-    if add is False:  # render the conversation as is; the model continues after it
-        tok = policy.tokenizer
-        if getattr(tok, "chat_template", None):
-            return tok.apply_chat_template(parsed, tokenize=False, add_generation_prompt=False)
-        return "\n\n".join(m["content"] for m in parsed)
-    return Prompt.chat(parsed)
+        except ConfigError as e:
+            raise ApiError(400, str(e)) from e
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
 
-def _raw_prompt(body: dict[str, Any], policy: Any) -> str | list[int]:
-    """The prompt of a completions request: a string, or token ids within ``policy``'s vocabulary."""
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-        prompt = prompt[0]  # a batch of one
-    if isinstance(prompt, str):
-        return prompt
-    if (
-        isinstance(prompt, list)
-        and prompt
-        and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
-    ):
-        vocab = len(policy.tokenizer)
-        if not all(0 <= t < vocab for t in prompt):
-            raise ApiError(400, f"prompt has token ids outside 0..{vocab - 1}", param="prompt")
-        return list(prompt)
-    if isinstance(prompt, list) and len(prompt) > 1:
-        raise ApiError(400, "send one prompt per request (a string or a list of token ids)", param="prompt")
-    raise ApiError(400, "prompt is required: a string, or a list of token ids", param="prompt")
+class ChatBody(_Generate):
+    """``POST /v1/chat/completions``."""
 
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    continue_final_message: bool = False
+    add_generation_prompt: bool | None = None
+    tools: Any = None
+    functions: Any = None
+    tool_choice: Any = None
+    function_call: Any = None
+    response_format: Any = None
 
-def _sampling(
-    body: dict[str, Any], *, chat: bool, policy: Any, max_tokens_limit: int, max_n: int
-) -> tuple[SamplingParams, int, bool, bool]:
-    """``(SamplingParams, top_logprobs k, stream, include_usage)`` of a generation request."""
-    limit = max_tokens_limit
-    default = limit if chat else min(COMPLETIONS_MAX_TOKENS, limit)
-    max_tokens = _int(body, "max_tokens", default, 1, limit)
-    if chat:  # the newer name wins, as in vLLM
-        max_tokens = _int(body, "max_completion_tokens", max_tokens, 1, limit)
-    n = _int(body, "n", 1, 1, max_n)
-    best_of = _int(body, "best_of", None, 1)
-    if best_of is not None and best_of != n:
-        raise ApiError(400, "best_of is not supported; leave it out (or equal to n)", param="best_of")
-    temperature = _float(body, "temperature", 1.0, 0.0, 2.0)
-    top_p = _float(body, "top_p", 1.0, 0.0, 1.0, lo_open=True)
-    seed = _int(body, "seed", None, -(2**63), 2**63 - 1 - max_n)
-    max_top = int(getattr(getattr(policy, "engine", None), "max_top_logprobs", 20))
-    if chat:
-        logprobs = _bool(body, "logprobs", False)
-        top_k = _int(body, "top_logprobs", 0, 0, max_top) or 0
-        if top_k and not logprobs:
+    def sampling(self, limits: Limits) -> tuple[SamplingParams, int, bool]:
+        """``(SamplingParams, top_logprobs k, include_usage)``; ``max_tokens`` defaults to the limit."""
+        top_k = self.top_logprobs or 0
+        if top_k and not self.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs=true; send both", param="top_logprobs")
-    else:
-        k = _int(body, "logprobs", None, 0, max_top)
-        logprobs, top_k = k is not None, k or 0
-    stream = _bool(body, "stream", False)
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise ApiError(400, "stream_options must be an object", param="stream_options")
-    include_usage = bool(stream and options and _bool(options, "include_usage", False))
-    try:
-        params = SamplingParams(
-            n=n,  # type: ignore[arg-type]
-            max_tokens=max_tokens,  # type: ignore[arg-type]
-            temperature=temperature,
-            top_p=top_p,
-            stop=_stops(body),
-            seed=seed,
-            logprobs=logprobs,
-        )
-    except ConfigError as e:
-        raise ApiError(400, str(e)) from e
-    return params, top_k, stream, include_usage
+        max_tokens = self.max_completion_tokens or self.max_tokens  # the newer name wins, as in vLLM
+        return self._sampling(max_tokens, limits.max_tokens, self.logprobs, top_k), top_k, self.include_usage
+
+    def prompt(self, as_is: Callable[[list[dict[str, str]]], str]) -> Prompt | str:
+        """The prompt: the messages as a chat ``Prompt`` (its final assistant message continued with
+        ``continue_final_message``), or with ``add_generation_prompt=false`` the conversation
+        rendered ``as_is`` (text the model continues after)."""
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.content}
+                    for m in self.messages]  # fmt: skip
+        if self.continue_final_message:
+            if self.add_generation_prompt:
+                raise ApiError(
+                    400,
+                    "continue_final_message and add_generation_prompt cannot both be true; "
+                    "send add_generation_prompt=false",
+                    param="add_generation_prompt",
+                )
+            if messages[-1]["role"] != "assistant" or len(messages) < 2:
+                raise ApiError(
+                    400,
+                    "continue_final_message needs messages that end with an assistant message after another",
+                    param="messages",
+                )
+            return Prompt.chat(messages[:-1], prefix=messages[-1]["content"])
+        if self.add_generation_prompt is False:
+            return as_is(messages)
+        return Prompt.chat(messages)
 
 
-def _prm_request(body: dict[str, Any]) -> tuple[str, list[list[str]]]:
-    """``/v1/prm/score``'s ``question`` and ``steps`` (candidates, each a list of step strings)."""
-    question = body.get("question")
-    if not isinstance(question, str):
-        raise ApiError(400, "question is required: the problem text, a string", param="question")
-    steps = body.get("steps")
-    if not isinstance(steps, list) or not all(
-        isinstance(c, list) and all(isinstance(s, str) for s in c) for c in steps
-    ):
-        raise ApiError(
-            400,
-            'steps is required: a list of candidates, each a list of step strings, e.g. [["2+3=5"]]',
-            param="steps",
-        )
-    return question, steps
+class CompletionBody(_Generate):
+    """``POST /v1/completions``: one raw prompt (a string, a list of one string, or token ids)."""
+
+    prompt: Any
+    logprobs: int | None = None
+    suffix: Any = None
+    echo: Any = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, value: Any) -> str | list[int]:
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (str, list)):
+            value = value[0]  # a batch of one
+        if isinstance(value, str) and value:
+            return value
+        if isinstance(value, list) and value and all(type(t) is int for t in value):
+            return value
+        if isinstance(value, list) and len(value) > 1 and all(isinstance(p, (str, list)) for p in value):
+            raise ValueError(f"prompt has {len(value)} prompts; send one per request (a string or token ids)")
+        raise ValueError("prompt must be a non-empty string, or a list of token ids")
+
+    def sampling(self, limits: Limits) -> tuple[SamplingParams, int, bool]:
+        """``(SamplingParams, top_logprobs k, include_usage)``; ``max_tokens`` defaults to 16."""
+        default = min(COMPLETIONS_MAX_TOKENS, limits.max_tokens)
+        params = self._sampling(self.max_tokens, default, self.logprobs is not None, self.logprobs or 0)
+        return params, self.logprobs or 0, self.include_usage
+
+
+class PRMBody(_Model):
+    """``POST /v1/prm/score``: a question and candidates, each a list of steps."""
+
+    model: str | None = None
+    question: str
+    steps: list[list[str]]

@@ -1,4 +1,5 @@
-"""Shared pieces of the ``ponder serve`` tests: the real policy, raw HTTP, waiting, a recording wrapper."""
+"""Shared pieces of the ``ponder serve`` tests: the real policy, a scripted one, raw HTTP, waiting,
+a recording wrapper, OpenAI's error shape."""
 
 from __future__ import annotations
 
@@ -20,6 +21,25 @@ def policy():
     p = LocalPolicy(device="cpu")
     yield p
     p.close()
+
+
+@pytest.fixture(scope="module")
+def scripted():
+    """``scripted(**kw) -> ScriptedPolicy``: replies depend on the question (a default for the rest)."""
+    from ponder.models import ScriptedPolicy
+
+    def make(**kw: Any) -> ScriptedPolicy:
+        return ScriptedPolicy(SCRIPT, **kw)
+
+    return make
+
+
+#: what the scripted policy answers: the first key found in the prompt wins
+SCRIPT = {
+    "2+2": "2 + 2 = 4. The answer is 4.",
+    "story": "Once upon a time there was a lighthouse keeper who loved the sea and wrote long letters to it.",
+    "": "I do not know.",
+}
 
 
 def raw_request(
@@ -74,7 +94,7 @@ def wait():
 
 
 class Recording:
-    """A policy wrapper that keeps every ``Stream`` the server starts (to check cancellation)."""
+    """A policy wrapper that keeps every stream the server starts (to check cancellation)."""
 
     def __init__(self, policy: Any):
         self._policy = policy

@@ -72,8 +72,8 @@ def test_remote_prm_matches_the_local_one(server, prm):
 def test_bad_score_requests(server, raw, error_of):
     for body, param in [
         ({"steps": [["a"]]}, "question"),
-        ({"question": "q", "steps": ["a", "b"]}, "steps"),
-        ({"question": "q", "steps": [[1]]}, "steps"),
+        ({"question": "q", "steps": ["a", "b"]}, "steps[0]"),
+        ({"question": "q", "steps": [[1]]}, "steps[0][0]"),
         ({"question": "q"}, "steps"),
     ]:
         status, _, payload = raw(server.url, "POST", "/v1/prm/score", body)
@@ -86,10 +86,8 @@ def test_bad_score_requests(server, raw, error_of):
         RemotePRM(server.url, model="other").score("q", [["a"]])
 
 
-def test_no_prm_is_a_404_and_a_config_error(raw, error_of):
-    import types
-
-    with Server(types.SimpleNamespace(name="stub")) as server:
+def test_no_prm_is_a_404_and_a_config_error(raw, error_of, scripted):
+    with Server(scripted()) as server:
         status, _, payload = raw(server.url, "POST", "/v1/prm/score", {"question": "q", "steps": [["a"]]})
         assert status == 404 and error_of(payload)["code"] == "prm_not_served"
         with pytest.raises(ConfigError, match="--prm"):
@@ -98,15 +96,15 @@ def test_no_prm_is_a_404_and_a_config_error(raw, error_of):
         RemotePRM(server.url, max_retries=0).score("q", [["a"]])
 
 
-def test_any_prm_object_is_served(raw):
-    import types
-
+def test_any_prm_object_is_served(raw, error_of, scripted):
     rule = FunctionPRM(lambda q, steps: 1.0 if "5" in steps[-1] else 0.0, name="rule")
-    with Server(types.SimpleNamespace(name="stub"), rule) as server:
+    with Server(scripted(), rule) as server:
         remote = RemotePRM(server.url.removesuffix("/v1"))  # /v1 is added
         assert remote.score(QUESTION, [["2 + 3 = 5"], ["2 + 3 = 6", "no"]]) == [[1.0], [0.0, 0.0]]
         assert remote.usage.tokens == rule.usage.tokens > 0
         assert raw(server.url, "POST", "/v1/prm/score", {"question": "q", "steps": []})[2]["scores"] == []
+        status, _, payload = raw(server.url, "POST", "/v1/prm/score", {"question": "q", "steps": [[1]]})
+        assert status == 400 and error_of(payload)["param"] == "steps[0][0]"
 
 
 def test_remote_prm_checks_its_arguments():
