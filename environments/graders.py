@@ -33,6 +33,7 @@ import logging
 import re
 import string
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -128,12 +129,13 @@ def _stated_number(reply: str) -> tuple[str | None, Fraction | None]:
     return shown, read_number(shown) if got is None else got
 
 
-def _fmt(x: Fraction) -> str:
+def format_fraction(x: Fraction) -> str:
+    """``7`` or ``3/4``: how answers and worked steps write an exact number."""
     return str(x.numerator) if x.denominator == 1 else f"{x.numerator}/{x.denominator}"
 
 
 # --- the graders ------------------------------------------------------------------------
-class Grader:
+class Grader(ABC):
     """The base: ``gold`` keeps the text, ``read`` takes the final answer, ``grade`` compares."""
 
     name = "grader"
@@ -148,8 +150,9 @@ class Grader:
         """The reply's final answer, normalised so equal answers compare equal (for voting)."""
         return final_answer(reply)
 
+    @abstractmethod
     def grade(self, reply: str, gold: Any) -> Grade:
-        raise NotImplementedError
+        """Whether ``reply`` answers ``gold``, with its score and what the feedback may say."""
 
 
 class NumberGrader(Grader):
@@ -172,7 +175,7 @@ class NumberGrader(Grader):
 
     def read(self, reply: str) -> str | None:
         got = _stated_number(reply)[1]
-        return None if got is None else _fmt(got)
+        return None if got is None else format_fraction(got)
 
     def grade(self, reply: str, gold: Fraction) -> Grade:
         shown, got = _stated_number(reply)
@@ -181,7 +184,7 @@ class NumberGrader(Grader):
             return Grade(False, 0.0, shown, note=note)
         ok = abs(got - gold) <= self.tolerance
         direction = None if ok else ("too high" if got > gold else "too low")
-        return Grade(ok, float(ok), _fmt(got), direction)
+        return Grade(ok, float(ok), format_fraction(got), direction)
 
 
 class ExactGrader(Grader):
