@@ -32,6 +32,7 @@ from fractions import Fraction
 from typing import Any
 
 from ponder.environments.base import StepResult, TextEnv
+from ponder.environments.graders import format_fraction
 from ponder.errors import ConfigError
 
 __all__ = ["PHRASINGS", "MathEnv", "MathTask", "feedback_for", "generate_task", "in_words", "parse_answer"]
@@ -51,9 +52,6 @@ class MathTask:
 
 
 # --- generation -------------------------------------------------------------------
-def _fmt(x: Fraction) -> str:
-    return str(x.numerator) if x.denominator == 1 else f"{x.numerator}/{x.denominator}"
-
 
 Generated = tuple[str, int, str]  # question, answer, worked solution
 
@@ -262,12 +260,15 @@ def feedback_for(reply: str, answer: Fraction, level: str = "directional") -> tu
     if got is None:
         return False, "No final answer was found. End the reply with a line 'Answer: <number>'."
     direction = "too high" if got > answer else "too low"
-    return False, f"The final answer {_fmt(got)} is wrong ({direction}). Recheck each operation step by step."
+    return (
+        False,
+        f"The final answer {format_fraction(got)} is wrong ({direction}). Recheck each operation step by step.",
+    )
 
 
 def _worked_example(task: MathTask) -> tuple[str, str]:
     """A (question, reply) pair that shows the answer format on a task outside the task list."""
-    return f"{task.question}\n{INSTRUCTION}", f"{task.solution}\nAnswer: {_fmt(task.answer)}"
+    return f"{task.question}\n{INSTRUCTION}", f"{task.solution}\nAnswer: {format_fraction(task.answer)}"
 
 
 # --- the env ----------------------------------------------------------------------
@@ -342,7 +343,7 @@ class MathEnv(TextEnv):
     def answer_key(self, reply: str) -> str | None:
         """The number the verifier would read (``1/2``, ``12``), or None."""
         got = parse_answer(reply)
-        return None if got is None else _fmt(got)
+        return None if got is None else format_fraction(got)
 
     def task_text(self, observation: str) -> str:
         """The question without the instruction every task shares."""
@@ -356,5 +357,9 @@ class MathEnv(TextEnv):
         task = self.tasks[self.task_id or ""]
         ok, feedback = feedback_for(action, task.answer, self.feedback)
         got = parse_answer(action)
-        info = {"success": ok, "feedback": feedback, "parsed_answer": None if got is None else _fmt(got)}
+        info = {
+            "success": ok,
+            "feedback": feedback,
+            "parsed_answer": None if got is None else format_fraction(got),
+        }
         return feedback, 1.0 if ok else 0.0, True, False, info

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
+from ponder.environments.graders import format_fraction
+
 __all__ = ["final_answer", "inert", "makes_24", "worked_steps"]
 
 # --- reading and checking an answer ----------------------------------------------------------------
@@ -195,10 +197,6 @@ def makes_24(answer: str | None, entry: dict[str, Any]) -> bool:
         return False
 
 
-def _fmt(x: Fraction) -> str:
-    return str(x.numerator) if x.denominator == 1 else f"{x.numerator}/{x.denominator}"
-
-
 def worked_steps(expression: str, numbers: Sequence[int] | None = None) -> list[str] | None:
     """An arithmetic answer worked one operation per step (with the numbers left, given the
     starting ``numbers``), then its ``Answer:`` line; None if it is not plain arithmetic.
@@ -220,13 +218,13 @@ def worked_steps(expression: str, numbers: Sequence[int] | None = None) -> list[
     left = [Fraction(n) for n in numbers] if numbers is not None else None
     steps = []
     for a, sign, b, result in ops:
-        step = f"{_fmt(a)} {sign} {_fmt(b)} = {_fmt(result)}"
+        step = f"{format_fraction(a)} {sign} {format_fraction(b)} = {format_fraction(result)}"
         if left is not None and a in left:
             left.remove(a)
             if b in left:
                 left.remove(b)
                 left.append(result)
-                step += f" (left: {' '.join(_fmt(x) for x in sorted(left))})"
+                step += f" (left: {' '.join(format_fraction(x) for x in sorted(left))})"
             else:  # a unary minus made a number the list does not hold: stop listing
                 left = None
         elif left is not None:
