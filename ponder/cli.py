@@ -46,7 +46,7 @@ def key_value(text: str) -> tuple[str, Any]:
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     """``ponder run``'s flags, one per ``RunConfig`` option (its help, type, choices, group)."""
-    from ponder.config import RunConfig
+    from ponder.config import RunConfig, option_meta
 
     p.add_argument("--config", help="YAML file of RunConfig keys; flags override it")
     groups: dict[str | None, Any] = {None: p}
@@ -54,7 +54,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         flag, kw = _flag_for(name, info)
         if flag is None:
             continue
-        group = _meta(info)["group"]
+        group = option_meta(info)["group"]
         if group not in groups:
             groups[group] = p.add_argument_group(group)
         groups[group].add_argument(flag, dest=name, **kw)
@@ -67,18 +67,14 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def _meta(info: Any) -> dict[str, Any]:
-    from ponder.config import option_meta
-
-    return option_meta(info)
-
-
 def _flag_for(name: str, info: Any) -> tuple[str | None, dict[str, Any]]:
     """The flag and ``add_argument`` keywords of one ``RunConfig`` option (None: it has no flag)."""
     import types
     import typing
 
-    meta = _meta(info)
+    from ponder.config import option_meta
+
+    meta = option_meta(info)
     if meta.get("flag") is None:
         return None, {}
     flag = meta["flag"] or "--" + name.replace("_", "-")
