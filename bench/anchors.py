@@ -72,7 +72,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine_throughput import SYSTEM, engine_call, question, rss_mb, serve_call
+from engine_throughput import converse, engine_call, rss_mb, serve_call
 
 BACKENDS = ("engine", "serve", "llama-server", "llama-bench", "llama-cpp-python", "transformers-cb")
 LABELS = {
@@ -97,60 +97,21 @@ def cache_root() -> Path:
 
 # -- the workload: agents with growing histories, greedy -----------------------------------------
 def drive(call: Call, agents: int, turns: int, max_tokens: int) -> dict[str, Any]:
-    """``agents`` threads, ``turns`` chat turns each; ``call`` as in ``engine_throughput.run_agents``."""
-    from ponder.models import SamplingParams
-
-    tokens = [0] * agents
-    latencies: list[float] = []
-    ttfts: list[float] = []
-    first: dict[str, str] = {}
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def agent(i: int) -> None:
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question(i)}]
-        try:
-            for t in range(turns):
-                params = SamplingParams(max_tokens=max_tokens, temperature=0.0, seed=1000 * i + t)
-                start = time.perf_counter()
-                text, n, ttft = call(i, messages, params)
-                latency = time.perf_counter() - start
-                tokens[i] += n
-                with lock:
-                    latencies.append(latency)
-                    if ttft is not None:
-                        ttfts.append(ttft)
-                if i == 0 and t == 0:
-                    first["text"] = text
-                messages += [
-                    {"role": "assistant", "content": text},
-                    {"role": "user", "content": "Go on, in more detail."},
-                ]
-        except BaseException as e:  # reported, not swallowed
-            errors.append(e)
-
-    threads = [threading.Thread(target=agent, args=(i,)) for i in range(agents)]
+    """``engine_throughput.converse`` at temperature 0 (greedy), with latency percentiles and load."""
     before = load()
-    start = time.perf_counter()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    wall = time.perf_counter() - start
-    if errors:
-        raise errors[0]
-    lat = sorted(latencies)
+    r = converse(call, agents, turns, max_tokens, temperature=0.0)
+    lat = sorted(r["latencies"])
     return {
         "concurrency": agents,
         "requests": len(lat),
-        "tokens": sum(tokens),
-        "seconds": round(wall, 2),
-        "tok_s": round(sum(tokens) / wall, 1),
+        "tokens": r["tokens"],
+        "seconds": round(r["seconds"], 2),
+        "tok_s": round(r["tokens"] / r["seconds"], 1),
         "p50_ms": round(1000 * statistics.median(lat)),
         "p90_ms": round(1000 * lat[min(len(lat) - 1, int(0.9 * len(lat)))]),
-        "ttft_ms": round(1000 * statistics.median(ttfts), 1) if ttfts else None,
+        "ttft_ms": round(1000 * statistics.median(r["ttfts"]), 1) if r["ttfts"] else None,
         "load_1m": round((before + load()) / 2, 2),
-        "first_answer": first.get("text", ""),
+        "first_answer": r["first"],
     }
 
 

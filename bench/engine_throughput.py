@@ -88,10 +88,17 @@ def question(agent: int) -> str:
 
 
 # -- the three ways to serve the agents --------------------------------------------------------
-def run_agents(call: Any, agents: int, turns: int, max_tokens: int) -> dict[str, Any]:
-    """``call(agent, messages, params) -> (text, completion_tokens, ttft_or_None)`` per turn."""
+def converse(call: Any, agents: int, turns: int, max_tokens: int, temperature: float = 0.7) -> dict[str, Any]:
+    """The workload: ``agents`` threads, ``turns`` chat turns each with a growing history;
+    ``call(agent, messages, params) -> (text, completion_tokens, ttft_or_None)`` per turn.
+
+    Returns the raw figures: ``tokens``, ``seconds`` (wall), per-turn ``latencies`` and ``ttfts``
+    (seconds), and ``first``, agent 0's first answer.
+    """
     tokens = [0] * agents
+    latencies: list[float] = []
     ttfts: list[float] = []
+    first: dict[str, str] = {}
     errors: list[BaseException] = []
     lock = threading.Lock()
 
@@ -99,12 +106,17 @@ def run_agents(call: Any, agents: int, turns: int, max_tokens: int) -> dict[str,
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question(i)}]
         try:
             for t in range(turns):
-                params = SamplingParams(max_tokens=max_tokens, temperature=0.7, seed=1000 * i + t)
+                params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=1000 * i + t)
+                start = time.perf_counter()
                 text, n, ttft = call(i, messages, params)
+                latency = time.perf_counter() - start
                 tokens[i] += n
                 with lock:
+                    latencies.append(latency)
                     if ttft is not None:
                         ttfts.append(ttft)
+                if i == 0 and t == 0:
+                    first["text"] = text
                 messages += [
                     {"role": "assistant", "content": text},
                     {"role": "user", "content": "Go on, in more detail."},
@@ -123,9 +135,21 @@ def run_agents(call: Any, agents: int, turns: int, max_tokens: int) -> dict[str,
         raise errors[0]
     return {
         "tokens": sum(tokens),
-        "seconds": round(wall, 2),
-        "tok_s": round(sum(tokens) / wall, 1),
-        "ttft_ms": round(1000 * statistics.median(ttfts), 1) if ttfts else None,
+        "seconds": wall,
+        "latencies": latencies,
+        "ttfts": ttfts,
+        "first": first.get("text", ""),
+    }
+
+
+def run_agents(call: Any, agents: int, turns: int, max_tokens: int) -> dict[str, Any]:
+    """``converse`` at temperature 0.7, summed up: tokens, wall seconds, tok/s, median TTFT, RSS."""
+    r = converse(call, agents, turns, max_tokens)
+    return {
+        "tokens": r["tokens"],
+        "seconds": round(r["seconds"], 2),
+        "tok_s": round(r["tokens"] / r["seconds"], 1),
+        "ttft_ms": round(1000 * statistics.median(r["ttfts"]), 1) if r["ttfts"] else None,
         "rss_mb": round(rss_mb()),
     }
 
